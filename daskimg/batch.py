@@ -1,0 +1,100 @@
+"""What travels between the stages: one partition of rows, fetched, then preprocessed.
+
+``fetch_partition`` and ``preprocess_partition`` are the two task functions of the
+graph; each is a plain function of a pandas partition, callable without Dask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .config import FetchOptions, PreprocessOptions
+from .decode import DecodeError, decode
+from .fetch import FetchResult, fetch_batch
+from .transform import fit, to_array
+
+__all__ = ["META_SCHEMA", "FetchedPartition", "ImagePartition", "fetch_partition", "preprocess_partition"]
+
+# The columns daskimg itself writes, in order; the input's other columns follow them.
+META_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("url", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("http_status", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPartition:
+    """One partition of input rows (global row numbers as index) and a fetch result per row."""
+
+    rows: pd.DataFrame
+    url_col: str
+    results: list[FetchResult]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePartition:
+    """Rows ``start .. start + len(images)`` of the output: pixels, ok mask and metadata."""
+
+    start: int
+    images: np.ndarray
+    ok: np.ndarray
+    meta: pd.DataFrame
+
+
+def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> FetchedPartition:
+    """Download every URL of ``rows`` (threads, in order)."""
+    return FetchedPartition(rows, url_col, fetch_batch(rows[url_col].tolist(), opts))
+
+
+def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePartition:
+    """Decode and resize every fetched body; failures become zeros plus a status and message."""
+    rows, results = fetched.rows, fetched.results
+    n = len(rows)
+    images = np.zeros((n, *opts.shape), dtype=opts.dtype)
+    status, error = [r.status for r in results], [r.error for r in results]
+    width: list[int | None] = [None] * n
+    height: list[int | None] = [None] * n
+    fmt: list[str | None] = [None] * n
+    for i, result in enumerate(results):
+        if result.data is None:
+            continue
+        try:
+            decoded = decode(result.data, opts)
+            images[i] = to_array(fit(decoded.image, opts), opts)
+        except DecodeError as e:
+            status[i], error[i] = e.status, str(e)
+            continue
+        width[i], height[i], fmt[i] = decoded.width, decoded.height, decoded.format
+    ok = np.array([s == "ok" for s in status], dtype=bool)
+    meta = pd.DataFrame(
+        {
+            "index": rows.index.to_numpy(dtype=np.int64),
+            "url": [u if isinstance(u, str) else None for u in rows[fetched.url_col]],
+            "status": status,
+            "error": error,
+            "http_status": pd.array([r.http_status for r in results], dtype="Int32"),
+            "width": pd.array(width, dtype="Int32"),
+            "height": pd.array(height, dtype="Int32"),
+            "format": fmt,
+            "bytes": pd.array([len(r.data) if r.data is not None else None for r in results], dtype="Int64"),
+            "sha256": [r.sha256 for r in results],
+        }
+    )
+    extra = rows.drop(columns=[fetched.url_col]).reset_index(drop=True)
+    extra = extra.rename(columns={c: f"input_{c}" for c in extra.columns if c in META_SCHEMA.names})
+    start = int(rows.index[0]) if n else 0
+    return ImagePartition(start, images, ok, pd.concat([meta, extra], axis=1))

@@ -1,0 +1,195 @@
+"""The lazy, chainable job and the one place that builds the Dask graph.
+
+    read_urls(table) -> Job --.fetch(...)--> Job --.preprocess(...)--> Job --.to_zarr(path)--> Summary
+
+Per output chunk k the graph holds three named tasks, so the dashboard's task stream
+shows each stage::
+
+    source partition k --> fetch-<token>, k --> preprocess-<token>, k --> write-<token>, k
+
+``fetch`` keeps many requests in flight on a thread pool inside the worker process;
+``preprocess`` decodes and resizes (CPU) in the same worker, where the fetched bytes
+already are; ``write`` stores the chunk from there, so pixels never travel between
+processes. Only chunk reports (counts) come back to the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.dataframe as dd
+import pandas as pd
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+from distributed import Client, as_completed
+
+from .batch import fetch_partition, preprocess_partition
+from .cluster import run_client
+from .config import FetchOptions, PreprocessOptions, options_dict
+from .errors import ConfigError
+from .report import Progress, Summary
+from .sources import Source, read_source
+from .store import ChunkReport, Output, OutputFormat, prepare_output
+
+__all__ = ["Job", "read_urls"]
+
+log = logging.getLogger(__name__)
+
+
+def read_urls(
+    table: str | Sequence[str] | pd.DataFrame | dd.DataFrame,
+    *,
+    url_col: str = "url",
+    chunk: int = 256,
+    input_format: str | None = None,
+) -> Job:
+    """Start a job from a URL table: a path, glob or directory (any fsspec URL), a list, or a DataFrame.
+
+    Parameters
+    ----------
+    table
+        ``.txt`` / ``.csv`` / ``.tsv`` / ``.jsonl`` / ``.parquet`` (optionally ``.gz``) files,
+        a list of URLs, or a pandas / Dask DataFrame.
+    url_col
+        Column holding the URLs; every other column is carried into the metadata.
+    chunk
+        Rows per partition and per output chunk.
+    input_format
+        Override the format guessed from the file suffix.
+    """
+    return Job(read_source(table, url_col=url_col, chunk=chunk, input_format=input_format))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A lazy description of a run; each method returns a new job, nothing runs until ``to_zarr`` / ``to_npy``."""
+
+    source: Source
+    fetch_options: FetchOptions = field(default_factory=FetchOptions)
+    preprocess_options: PreprocessOptions = field(default_factory=PreprocessOptions)
+
+    def __repr__(self) -> str:
+        p = self.preprocess_options
+        return (f"<daskimg.Job {self.source.n_rows} rows from {self.source.name} in {self.source.n_chunks} chunks "
+                f"of {self.source.chunk} -> {p.height}x{p.width} {p.mode} {p.dtype}>")
+
+    def fetch(self, **options: Any) -> Job:
+        """Set download options (see :class:`daskimg.FetchOptions`)."""
+        return dataclasses.replace(self, fetch_options=dataclasses.replace(self.fetch_options, **options))
+
+    def preprocess(self, size: int | None = None, **options: Any) -> Job:
+        """Set decode/resize options (see :class:`daskimg.PreprocessOptions`); ``size`` sets height and width."""
+        if size is not None:
+            options.setdefault("height", size)
+            options.setdefault("width", size)
+        return dataclasses.replace(self, preprocess_options=dataclasses.replace(self.preprocess_options, **options))
+
+    def settings(self, format: OutputFormat, compression: str) -> dict[str, Any]:
+        """What the output depends on; a re-run resumes only when these match."""
+        return {
+            "input": self.source.name,
+            "url_col": self.source.url_col,
+            "rows": self.source.n_rows,
+            "chunk": self.source.chunk,
+            "format": format,
+            "compression": compression,
+            "preprocess": options_dict(self.preprocess_options),
+        }
+
+    def prepare(self, path: str, *, format: OutputFormat = "zarr", compression: str = "zstd",
+                overwrite: bool = False) -> Output:
+        """Create (or reopen, to resume) the output at ``path``."""
+        p = self.preprocess_options
+        dims = ("channel", "y", "x") if p.channels_first else ("y", "x", "channel")
+        return prepare_output(
+            path, format=format, n_rows=self.source.n_rows, chunk=self.source.chunk, shape=p.shape, dtype=p.dtype,
+            dim_names=dims, compression=compression, settings=self.settings(format, compression), overwrite=overwrite,
+        )
+
+    def graph(self, output: Output, chunks: Sequence[int] | None = None) -> list[Delayed]:
+        """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport."""
+        chunks = range(self.source.n_chunks) if chunks is None else chunks
+        parts = self.source.frame.to_delayed()
+        token = tokenize(self.source.name, self.source.n_rows, self.fetch_options, self.preprocess_options,
+                         output.path)
+        writes = []
+        for k in chunks:
+            fetched = delayed(fetch_partition, pure=True)(
+                parts[k], self.source.url_col, self.fetch_options, dask_key_name=(f"fetch-{token}", k))
+            images = delayed(preprocess_partition, pure=True)(
+                fetched, self.preprocess_options, dask_key_name=(f"preprocess-{token}", k))
+            writes.append(delayed(output.write, pure=True)(images, dask_key_name=(f"write-{token}", k)))
+        return writes
+
+    def to_zarr(self, path: str, **kwargs: Any) -> Summary:
+        """Run the job into a zarr v3 group at ``path``; see :meth:`run` for the options."""
+        return self.run(path, format="zarr", **kwargs)
+
+    def to_npy(self, path: str, **kwargs: Any) -> Summary:
+        """Run the job into chunked ``.npy`` files under ``path``; see :meth:`run` for the options."""
+        return self.run(path, format="npy", **kwargs)
+
+    def run(
+        self,
+        path: str,
+        *,
+        format: OutputFormat = "zarr",
+        compression: str = "zstd",
+        overwrite: bool = False,
+        client: Client | None = None,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        threads_per_worker: int = 2,
+        dashboard_address: str | None = ":8787",
+        progress: bool = True,
+        on_client: Any = None,
+    ) -> Summary:
+        """Run the job: fetch, preprocess and write every chunk not yet done.
+
+        Uses ``client``, else a client to ``scheduler``, else the active client, else a
+        local cluster started (and closed) for this run. Chunks already done in an
+        existing output with the same settings are skipped. Returns a :class:`Summary`;
+        chunks that could not be written are listed in ``Summary.failed_chunks``.
+        """
+        if threads_per_worker < 1:
+            raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        output = self.prepare(path, format=format, compression=compression, overwrite=overwrite)
+        done = output.done_chunks()
+        todo = [k for k in range(self.source.n_chunks) if k not in done]
+        start = time.monotonic()
+        bar = Progress(self.source.n_rows, enabled=progress)
+        if done:  # a resumed run starts the bar where the last one stopped
+            bar.update(sum(min(self.source.chunk, self.source.n_rows - k * self.source.chunk) for k in done),
+                       output.status_counts())
+        failed: dict[int, str] = {}
+        dashboard = None
+        processed = 0
+        if todo:
+            with run_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
+                            dashboard_address=dashboard_address) as c:
+                dashboard = c.dashboard_link
+                if on_client is not None:
+                    on_client(c)
+                futures = c.compute(self.graph(output, todo))
+                keys = {f.key: k for f, k in zip(futures, todo, strict=True)}
+                try:
+                    for future in as_completed(futures):
+                        if future.status == "error":
+                            failed[keys[future.key]] = f"{type(future.exception()).__name__}: {future.exception()}"
+                            continue
+                        report: ChunkReport = future.result()
+                        processed += report.rows
+                        bar.update(report.rows, report.counts)
+                finally:
+                    c.cancel(futures)
+        bar.draw(final=True)
+        counts = output.status_counts()
+        record = output.read_settings() or {}
+        output.write_settings({**record, "counts": counts})
+        return Summary(path, self.source.n_rows, counts, time.monotonic() - start, processed,
+                       len(done), failed, dashboard)

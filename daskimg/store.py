@@ -1,0 +1,276 @@
+"""Create the output, write one aligned chunk and its metadata, mark it done.
+
+Two layouts share everything but the pixel files::
+
+    OUTPUT/ (zarr v3 group)              OUTPUT/ (--format npy)
+      zarr.json      attrs["daskimg"]       daskimg.json
+      images/        (N, H, W, 3)           images/00000000.npy ... (B, H, W, 3) each
+      ok/            (N,) bool              ok/00000000.npy ...
+      metadata/part-00000000.parquet ...    metadata/part-00000000.parquet ...
+      metadata/_done/00000000              metadata/_done/00000000
+
+A chunk is done once its marker exists, and the marker is written last, after the pixels,
+the ok flags and the metadata part are all in place; every file is written to a temporary
+name and renamed, so a killed run never leaves a chunk marked done that is incomplete.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+import zarr.codecs
+from fsspec.implementations.local import LocalFileSystem
+
+from .batch import META_SCHEMA, ImagePartition
+from .errors import OutputError
+
+__all__ = ["COMPRESSIONS", "ChunkReport", "Output", "open_output", "prepare_output"]
+
+COMPRESSIONS = ("zstd", "lz4", "none")
+OutputFormat = Literal["zarr", "npy"]
+_NPY_SETTINGS = "daskimg.json"
+_ATTR = "daskimg"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkReport:
+    """What writing one chunk did: its number, its rows and their counts by status."""
+
+    chunk: int
+    rows: int
+    counts: dict[str, int]
+
+
+def _compressor(name: str) -> Any:
+    if name == "zstd":
+        return zarr.codecs.ZstdCodec(level=1)
+    if name == "lz4":
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
+    return None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A prepared output; picklable, so workers write to it directly."""
+
+    path: str
+    format: OutputFormat
+    chunk: int
+    n_rows: int
+
+    @functools.cached_property
+    def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.path)
+        return fs, root.rstrip("/")
+
+    def _put(self, relpath: str, data: bytes) -> None:
+        """Write ``data`` so that readers see all of it or nothing."""
+        fs, root = self._fs
+        final = f"{root}/{relpath}"
+        if isinstance(fs, LocalFileSystem):  # object stores are atomic per object; files need a rename
+            directory, name = final.rsplit("/", 1)
+            tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
+            fs.makedirs(directory, exist_ok=True)
+            try:
+                with fs.open(tmp, "wb") as f:
+                    f.write(data)
+                fs.mv(tmp, final)
+            finally:
+                if fs.exists(tmp):
+                    fs.rm(tmp)
+        else:
+            fs.pipe_file(final, data)
+
+    def done_chunks(self) -> set[int]:
+        """Chunks whose pixels, flags and metadata are all written."""
+        fs, root = self._fs
+        try:
+            names = fs.ls(f"{root}/metadata/_done", detail=False)
+        except FileNotFoundError:
+            return set()
+        return {int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()}
+
+    def write(self, part: ImagePartition) -> ChunkReport:
+        """Write one partition's chunk, then its metadata part, then its done marker."""
+        k = part.start // self.chunk
+        if part.start % self.chunk or len(part.images) != min(self.chunk, self.n_rows - part.start):
+            raise OutputError(f"partition at row {part.start} is not aligned with chunk {k}")
+        if self.format == "zarr":
+            group = _open_group(self.path)
+            stop = part.start + len(part.images)
+            group["images"][part.start : stop] = part.images
+            group["ok"][part.start : stop] = part.ok
+        else:
+            self._put(f"images/{k:08d}.npy", _npy_bytes(part.images))
+            self._put(f"ok/{k:08d}.npy", _npy_bytes(part.ok))
+        self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(part.meta))
+        self._put(f"metadata/_done/{k:08d}", b"")
+        return ChunkReport(k, len(part.images), dict(Counter(part.meta["status"])))
+
+    def read_settings(self) -> dict[str, Any] | None:
+        """The settings an existing daskimg output was made with, or None."""
+        fs, root = self._fs
+        if self.format == "npy":
+            try:
+                return json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))  # type: ignore[no-any-return]
+            except FileNotFoundError:
+                return None
+        try:
+            attrs = zarr.open_group(self.path, mode="r").attrs.asdict()
+        except (FileNotFoundError, zarr.errors.NodeTypeValidationError, ValueError):
+            return None
+        return attrs.get(_ATTR)  # type: ignore[no-any-return]
+
+    def write_settings(self, record: dict[str, Any]) -> None:
+        if self.format == "npy":
+            self._put(_NPY_SETTINGS, json.dumps(record, indent=2).encode())
+        else:
+            zarr.open_group(self.path, mode="r+").attrs[_ATTR] = record
+
+    def status_counts(self) -> dict[str, int]:
+        """Counts by status over every written metadata part."""
+        fs, root = self._fs
+        try:
+            table = pq.read_table(f"{root}/metadata", columns=["status"], filesystem=fs)
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return {}
+        return dict(Counter(table.column("status").to_pylist()))
+
+
+@functools.lru_cache(maxsize=8)
+def _open_group(path: str) -> zarr.Group:
+    return zarr.open_group(path, mode="r+")
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _parquet_bytes(meta: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(meta, preserve_index=False)
+    fields = [META_SCHEMA.field(f.name) if f.name in META_SCHEMA.names else _carried(f) for f in table.schema]
+    table = table.cast(pa.schema(fields, metadata=table.schema.metadata))  # keep pandas' dtypes (Int32 ...)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def _carried(f: pa.Field) -> pa.Field:
+    # A carried column that is all-null in one part must not change type between parts.
+    return pa.field(f.name, pa.string()) if pa.types.is_null(f.type) or pa.types.is_large_string(f.type) else f
+
+
+def _exists(fs: fsspec.AbstractFileSystem, root: str) -> bool:
+    return bool(fs.exists(root) and (not fs.isdir(root) or fs.ls(root)))
+
+
+def prepare_output(
+    path: str,
+    *,
+    format: OutputFormat,
+    n_rows: int,
+    chunk: int,
+    shape: tuple[int, ...],
+    dtype: str,
+    dim_names: tuple[str, ...],
+    compression: str,
+    settings: dict[str, Any],
+    overwrite: bool,
+) -> Output:
+    """Create the output, or reopen it for resuming when it was made with the same settings.
+
+    Raises
+    ------
+    OutputError
+        When ``path`` holds something else (another daskimg run's settings, or files that
+        are not a daskimg output) and ``overwrite`` does not allow replacing it.
+    """
+    if format not in ("zarr", "npy"):
+        raise OutputError(f"output format must be zarr or npy, got {format!r}")
+    if compression not in COMPRESSIONS:
+        raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    out = Output(path, format, chunk, n_rows)
+    fs, root = out._fs
+    if _exists(fs, root):
+        previous = out.read_settings()
+        if previous is None:
+            raise OutputError(f"{path} exists and is not a daskimg output; choose another output path")
+        if previous.get("settings") == settings and not overwrite:
+            return out
+        if not overwrite:
+            changed = sorted(k for k in settings.keys() | previous.get("settings", {}).keys()
+                             if settings.get(k) != previous.get("settings", {}).get(k))
+            raise OutputError(f"{path} was made with other settings ({', '.join(changed)} differ); "
+                              "pass --overwrite to replace it, or choose another output")
+        fs.rm(root, recursive=True)
+    try:
+        _create(out, shape, dtype, dim_names, compression)
+        from . import __version__
+
+        out.write_settings({"version": __version__, "settings": settings, "counts": {}})
+    except OSError as e:
+        raise OutputError(f"cannot create {path}: {e}") from None
+    return out
+
+
+def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[str, ...], compression: str) -> None:
+    if out.format == "npy":
+        fs, root = out._fs
+        fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
+        return
+    group = zarr.open_group(out.path, mode="w", zarr_format=3)
+    group.create_array(
+        "images", shape=(out.n_rows, *shape), chunks=(out.chunk, *shape), dtype=dtype,
+        dimension_names=("image", *dim_names), compressors=_compressor(compression), fill_value=0,
+    )
+    group.create_array(
+        "ok", shape=(out.n_rows,), chunks=(out.chunk,), dtype="bool", dimension_names=("image",), fill_value=False,
+    )
+
+
+def open_output(path: str) -> tuple[Any, pd.DataFrame]:
+    """Open a finished (or partial) output: a Dask array of images and the metadata table.
+
+    Returns
+    -------
+    images : dask.array.Array
+        ``(N, H, W, 3)`` (or channels-first), chunked like the output.
+    meta : pandas.DataFrame
+        One row per input row that has been written, sorted by ``index``.
+    """
+    import dask.array as da
+
+    fs, root = fsspec.core.url_to_fs(path)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/{_NPY_SETTINGS}"):
+        files = sorted(p for p in fs.ls(f"{root}/images", detail=False) if p.endswith(".npy"))
+        if not files:
+            raise OutputError(f"{path} holds no written chunk yet")
+        images = da.concatenate([da.from_array(_load_npy(fs, p), chunks=-1) for p in files])
+    else:
+        try:
+            images = da.from_zarr(zarr.open_array(path, path="images", mode="r"))
+        except FileNotFoundError:
+            raise OutputError(f"{path} is not a daskimg output") from None
+    meta = pd.read_parquet(f"{root}/metadata", filesystem=fs).sort_values("index", ignore_index=True)
+    return images, meta
+
+
+def _load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
+    if isinstance(fs, LocalFileSystem):
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(fs.cat_file(path)))

@@ -1,0 +1,132 @@
+"""A local HTTP server for the tests: real images, and the failures the web throws at daskimg.
+
+Routes (query strings are ignored except where said):
+
+/img/NAME            an image from ``images`` (bytes as given)
+/missing             404
+/gone                410
+/forbidden           403
+/html                an HTML page with status 200
+/truncated.jpg       the first half of a JPEG
+/slow                headers, then nothing for ``slow_seconds``
+/error500            always 500
+/flaky/NAME?key=K    503 twice per key K, then the image NAME
+/redirect/NAME       302 to /img/NAME
+/loop                302 to itself
+/to-file             302 to file:///etc/passwd
+/noai/NAME           the image with X-Robots-Tag: noai
+/big                 Content-Length larger than any sane cap, no body
+
+Every request is counted in ``hits`` (by path, without the query) and its User-Agent kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+
+class FaultServer:
+    def __init__(self, images: dict[str, bytes], slow_seconds: float = 5.0) -> None:
+        self.images = images
+        self.slow_seconds = slow_seconds
+        self.hits: collections.Counter[str] = collections.Counter()
+        self.user_agents: set[str] = set()
+        self.lock = threading.Lock()
+        self._flaky: collections.Counter[str] = collections.Counter()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                with server.lock:
+                    server.hits[parts.path] += 1
+                    server.user_agents.add(self.headers.get("User-Agent", ""))
+                server.route(self, parts.path, parse_qs(parts.query))
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # clients hanging up on /slow and /big are the point, not an error
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    @staticmethod
+    def send(h: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"",
+             headers: dict[str, str] | None = None, ctype: str = "application/octet-stream") -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        if "Content-Length" not in (headers or {}):
+            h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if body:
+            h.wfile.write(body)
+
+    def route(self, h: http.server.BaseHTTPRequestHandler, path: str, query: dict[str, list[str]]) -> None:
+        head, _, name = path[1:].partition("/")
+        if head == "img" and name in self.images:
+            self.send(h, 200, self.images[name])
+        elif head == "redirect":
+            self.send(h, 302, headers={"Location": f"/img/{name}"})
+        elif head == "loop":
+            self.send(h, 302, headers={"Location": "/loop"})
+        elif head == "to-file":
+            self.send(h, 302, headers={"Location": "file:///etc/passwd"})
+        elif head == "noai" and name in self.images:
+            self.send(h, 200, self.images[name], headers={"X-Robots-Tag": "noai"})
+        elif head == "flaky" and name in self.images:
+            key = query.get("key", [name])[0]
+            with self.lock:
+                self._flaky[key] += 1
+                n = self._flaky[key]
+            if n <= 2:
+                self.send(h, 503, b"busy", headers={"Retry-After": "0"})
+            else:
+                self.send(h, 200, self.images[name])
+        elif head == "html":
+            self.send(h, 200, b"<!doctype html><html><body>not an image</body></html>", ctype="text/html")
+        elif head == "truncated.jpg":
+            data = self.images["photo.jpg"]
+            self.send(h, 200, data[: len(data) // 2], ctype="image/jpeg")
+        elif head == "slow":
+            h.send_response(200)
+            h.send_header("Content-Length", "1000")
+            h.end_headers()
+            h.wfile.flush()
+            time.sleep(self.slow_seconds)
+            h.close_connection = True
+        elif head == "error500":
+            self.send(h, 500, b"oops")
+        elif head == "big":
+            self.send(h, 200, headers={"Content-Length": str(10 * 1024**3)})
+            h.close_connection = True
+        elif head == "gone":
+            self.send(h, 410)
+        elif head == "forbidden":
+            self.send(h, 403)
+        else:
+            self.send(h, 404, b"not found")

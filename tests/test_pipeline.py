@@ -1,0 +1,177 @@
+"""End to end on a real local cluster: URL tables in, zarr / npy arrays and metadata out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from distributed import Client
+
+import daskimg
+from daskimg.errors import OutputError
+
+from .server import FaultServer
+from .test_sources import write_table
+
+GOOD = ["photo.jpg", "big.jpg", "tall.png", "photo.webp", "photo.gif", "photo.bmp"]
+
+
+def job(table: object, **read: object) -> daskimg.Job:
+    return (
+        daskimg.read_urls(table, **read)  # type: ignore[arg-type]
+        .fetch(allow_private_network=True, timeout=1.0, deadline=2.5, backoff=0.01)
+        .preprocess(size=32)
+    )
+
+
+def mixed_urls(server: FaultServer) -> list[str]:
+    """Good images of every format between a 404, a non-image, a truncated JPEG, a slow endpoint and more."""
+    bad = ["/missing", "/html", "/truncated.jpg", "/slow", "/error500", "/img/photo.tiff", "/loop"]
+    urls = [server.url(f"/img/{n}") for n in GOOD] + [server.url(p) for p in bad] + ["not a url", ""]
+    return urls * 3
+
+
+def test_a_mixed_run_completes_with_a_row_and_a_message_for_every_url(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    urls = mixed_urls(server)
+    table = pd.DataFrame({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]})
+    summary = job(table, chunk=8).to_zarr(str(tmp_path / "out.zarr"), client=client, progress=False)
+    assert summary.complete
+    images, meta = daskimg.open(str(tmp_path / "out.zarr"))
+    assert images.shape == (len(urls), 32, 32, 3)
+    assert meta["index"].tolist() == list(range(len(urls)))
+    assert meta["url"].tolist() == [u if u else None for u in urls] or meta["url"].fillna("").tolist() == urls
+    assert meta["caption"].tolist() == table["caption"].tolist()
+    good = meta["url"].str.contains("/img/") & ~meta["url"].fillna("").str.endswith(".tiff")
+    assert (meta.loc[good, "status"] == "ok").all()
+    failed = meta[meta["status"] != "ok"]
+    assert len(failed) == len(urls) - int(good.sum())
+    assert failed["error"].notna().all()
+    by_path = dict(zip(meta["url"].fillna(""), meta["status"], strict=False))
+    assert by_path[server.url("/missing")] == "http_error"
+    assert by_path[server.url("/html")] == "not_image"
+    assert by_path[server.url("/truncated.jpg")] == "decode_error"
+    assert by_path[server.url("/slow")] == "timeout"
+    assert by_path[server.url("/img/photo.tiff")] == "not_image"
+    pixels = images.compute()
+    ok = zarr.open_array(str(tmp_path / "out.zarr"), path="ok", mode="r")[:]
+    assert (ok == (meta["status"] == "ok").to_numpy()).all()
+    assert (pixels[~ok] == 0).all()
+    assert (pixels[ok].reshape(int(ok.sum()), -1).max(axis=1) > 0).all()
+    assert meta.loc[good, ["width", "height", "bytes"]].notna().all().all()
+    assert set(meta.loc[good, "format"]) == {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
+    attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["daskimg"]
+    assert attrs["counts"] == meta["status"].value_counts().to_dict()
+    assert attrs["settings"]["preprocess"]["height"] == 32
+    arr = zarr.open_array(str(tmp_path / "out.zarr"), path="images", mode="r")
+    assert arr.chunks == (8, 32, 32, 3)
+    assert arr.metadata.dimension_names == ("image", "y", "x", "channel")
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "jsonl", "parquet"])
+def test_every_input_format_gives_the_same_pixels(
+    tmp_path: Path, server: FaultServer, client: Client, fmt: str
+) -> None:
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}") for i in range(20)]
+    table = pd.DataFrame({"url": urls, "caption": [f"c{i}" for i in range(20)]})
+    reference = tmp_path / "ref.zarr"
+    job(table, chunk=8).to_zarr(str(reference), client=client, progress=False)
+    ref_images, _ = daskimg.open(str(reference))
+
+    (tmp_path / "in").mkdir()
+    if fmt == "txt":
+        (tmp_path / "in" / "u.txt").write_text("\n".join(urls) + "\n")
+        path = str(tmp_path / "in" / "u.txt")
+    else:
+        path = {"csv": "u.csv", "tsv": "u.tsv", "jsonl": "u.jsonl", "parquet": "u.parquet"}[fmt]
+        path = str(tmp_path / "in" / path)
+        {"csv": lambda: table.to_csv(path, index=False), "tsv": lambda: table.to_csv(path, index=False, sep="\t"),
+         "jsonl": lambda: table.to_json(path, orient="records", lines=True),
+         "parquet": lambda: table.to_parquet(path)}[fmt]()
+    out = tmp_path / "out.zarr"
+    job(path, chunk=8).to_zarr(str(out), client=client, progress=False)
+    images, meta = daskimg.open(str(out))
+    np.testing.assert_array_equal(images.compute(), ref_images.compute())
+    assert meta["url"].tolist() == urls
+    if fmt != "txt":
+        assert meta["caption"].tolist() == table["caption"].tolist()
+
+
+def test_npy_output_holds_every_row(tmp_path: Path, server: FaultServer, client: Client) -> None:
+    urls = mixed_urls(server)[:20]
+    zarr_sum = job(urls, chunk=8).to_zarr(str(tmp_path / "a.zarr"), client=client, progress=False)
+    npy_sum = job(urls, chunk=8).to_npy(str(tmp_path / "a.npy"), client=client, progress=False)
+    assert zarr_sum.counts == npy_sum.counts
+    files = sorted((tmp_path / "a.npy" / "images").glob("*.npy"))
+    assert len(files) == 3
+    chunks = [np.load(f, mmap_mode="r") for f in files]
+    assert [c.shape for c in chunks] == [(8, 32, 32, 3), (8, 32, 32, 3), (4, 32, 32, 3)]
+    ok = np.concatenate([np.load(f) for f in sorted((tmp_path / "a.npy" / "ok").glob("*.npy"))])
+    meta = pd.read_parquet(tmp_path / "a.npy" / "metadata")
+    assert len(meta) == 20
+    assert ok.tolist() == (meta.sort_values("index")["status"] == "ok").tolist()
+    zarr_images, _ = daskimg.open(str(tmp_path / "a.zarr"))
+    npy_images, _ = daskimg.open(str(tmp_path / "a.npy"))
+    np.testing.assert_array_equal(npy_images.compute(), zarr_images.compute())
+
+
+def test_a_second_identical_run_fetches_nothing_and_other_settings_are_refused(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?run=resume&i={i}") for i in range(30)]
+    out = str(tmp_path / "out.zarr")
+    first = job(urls, chunk=8).to_zarr(out, client=client, progress=False)
+    assert first.processed == 30
+    hits = sum(server.hits.values())
+    second = job(urls, chunk=8).to_zarr(out, client=client, progress=False)
+    assert sum(server.hits.values()) == hits
+    assert second.processed == 0
+    assert second.resumed_chunks == 4
+    assert second.counts == first.counts
+    with pytest.raises(OutputError, match="other settings"):
+        job(urls, chunk=8).preprocess(size=48).to_zarr(out, client=client, progress=False)
+    third = job(urls, chunk=8).preprocess(size=48).to_zarr(out, client=client, progress=False, overwrite=True)
+    assert third.processed == 30
+    assert daskimg.open(out)[0].shape == (30, 48, 48, 3)
+
+
+def test_an_interrupted_output_is_completed_by_the_next_run(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?run=partial&i={i}") for i in range(24)]
+    out = str(tmp_path / "out.zarr")
+    j = job(urls, chunk=8)
+    output = j.prepare(out)
+    client.compute(j.graph(output, [1]), sync=True)  # as if the run had stopped after one chunk
+    assert output.done_chunks() == {1}
+    summary = j.to_zarr(out, client=client, progress=False)
+    assert summary.processed == 16
+    images, meta = daskimg.open(out)
+    assert (meta["status"] == "ok").all()
+    reference = tmp_path / "ref.zarr"
+    j.to_zarr(str(reference), client=client, progress=False)
+    np.testing.assert_array_equal(images.compute(), daskimg.open(str(reference))[0].compute())
+
+
+def test_a_directory_that_is_not_an_output_is_never_touched(tmp_path: Path, client: Client) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="not a daskimg output"):
+        job(["http://example.com/a.jpg"]).to_zarr(str(tmp_path / "precious"), client=client, overwrite=True)
+    assert (tmp_path / "precious" / "thesis.tex").read_text() == "years of work"
+
+
+def test_float32_channels_first_output(tmp_path: Path, server: FaultServer, client: Client) -> None:
+    urls = [server.url("/img/photo.jpg"), server.url("/missing")]
+    out = str(tmp_path / "f.zarr")
+    job(urls).preprocess(dtype="float32", channels_first=True).to_zarr(out, client=client, progress=False)
+    arr = zarr.open_array(out, path="images", mode="r")
+    assert arr.dtype == np.float32
+    assert arr.shape == (2, 3, 32, 32)
+    assert arr.metadata.dimension_names == ("image", "channel", "y", "x")
+    assert 0 < float(arr[0].max()) <= 1.0
+    assert float(np.abs(arr[1]).max()) == 0.0

@@ -1,0 +1,94 @@
+"""URL tables in every format become the same numbered rows, split into aligned chunks."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from daskimg.errors import InputError
+from daskimg.sources import read_source
+
+URLS = [f"http://example.com/{i}.jpg" for i in range(700)]
+TABLE = pd.DataFrame({"url": URLS, "caption": [f"caption {i}" for i in range(700)], "id": range(700)})
+
+
+def write_table(directory: Path, fmt: str) -> str:
+    """Write TABLE as ``fmt`` and return the path (or glob) to read it from."""
+    if fmt == "txt":
+        path = directory / "urls.txt"
+        path.write_text("\n".join(URLS) + "\n")
+    elif fmt == "csv":
+        TABLE.to_csv(path := directory / "urls.csv", index=False)
+    elif fmt == "tsv":
+        TABLE.to_csv(path := directory / "urls.tsv", index=False, sep="\t")
+    elif fmt == "jsonl":
+        TABLE.to_json(path := directory / "urls.jsonl", orient="records", lines=True)
+    elif fmt == "parquet":
+        TABLE.to_parquet(path := directory / "urls.parquet")
+    elif fmt == "csv.gz":
+        with gzip.open(path := directory / "urls.csv.gz", "wt") as f:
+            TABLE.to_csv(f, index=False)
+    elif fmt == "shards":
+        (path := directory / "shards").mkdir()
+        for i, start in enumerate(range(0, 700, 300)):
+            TABLE.iloc[start : start + 300].to_parquet(path / f"part-{i}.parquet")
+    elif fmt == "glob":
+        for i, start in enumerate(range(0, 700, 250)):
+            TABLE.iloc[start : start + 250].to_json(directory / f"urls-{i}.jsonl", orient="records", lines=True)
+        return str(directory / "urls-*.jsonl")
+    else:
+        raise AssertionError(fmt)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "jsonl", "parquet", "csv.gz", "shards", "glob"])
+def test_every_format_gives_the_same_rows_in_aligned_chunks(tmp_path: Path, fmt: str) -> None:
+    source = read_source(write_table(tmp_path, fmt), chunk=256)
+    assert source.n_rows == 700
+    assert source.n_chunks == 3
+    parts = [source.frame.partitions[k].compute() for k in range(source.n_chunks)]
+    assert [len(p) for p in parts] == [256, 256, 188]
+    rows = pd.concat(parts)
+    assert rows.index.tolist() == list(range(700))
+    assert rows["url"].tolist() == URLS
+    if fmt != "txt":
+        assert rows["caption"].tolist() == TABLE["caption"].tolist()
+
+
+def test_in_memory_tables(tmp_path: Path) -> None:
+    assert read_source(URLS[:10]).n_rows == 10
+    source = read_source(TABLE.set_index("id"), chunk=100)
+    assert source.n_chunks == 7
+    assert source.frame.partitions[6].compute().index.tolist() == list(range(600, 700))
+
+
+def test_a_custom_url_column(tmp_path: Path) -> None:
+    TABLE.rename(columns={"url": "link"}).to_parquet(tmp_path / "t.parquet")
+    source = read_source(str(tmp_path / "t.parquet"), url_col="link")
+    assert source.frame.partitions[0].compute()["link"].iloc[3] == URLS[3]
+
+
+def test_blank_lines_keep_their_place(tmp_path: Path) -> None:
+    (tmp_path / "u.txt").write_text("http://a/1\n\nhttp://a/3\n")
+    rows = read_source(str(tmp_path / "u.txt")).frame.compute()
+    assert rows["url"].tolist() == ["http://a/1", "", "http://a/3"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: str(d / "nope.csv"), "no input file matches"),
+        (lambda d: (d / "u.xyz").write_text("x") and str(d / "u.xyz"), "cannot tell the format"),
+        (lambda d: TABLE.to_csv(d / "t.csv", index=False) or str(d / "t.csv"), "no column 'link'"),
+        (lambda d: (d / "e.csv").write_text("url\n") and str(d / "e.csv"), "holds no rows"),
+        (lambda d: (d / "bad.parquet").write_bytes(b"not parquet") and str(d / "bad.parquet"), "cannot read"),
+    ],
+    ids=["missing", "unknown-suffix", "no-url-column", "empty", "corrupt"],
+)
+def test_unreadable_input_is_a_clear_error(tmp_path: Path, setup, message: str) -> None:  # type: ignore[no-untyped-def]
+    url_col = "link" if message.startswith("no column") else "url"
+    with pytest.raises(InputError, match=message):
+        read_source(setup(tmp_path), url_col=url_col)
