@@ -78,6 +78,9 @@ def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions) -> 
         except DecodeError as e:
             status[i], error[i] = e.status, str(e)
             continue
+        except Exception as e:  # one image must never cost its whole chunk; the message keeps the cause
+            status[i], error[i] = "preprocess_error", f"{type(e).__name__}: {e}"
+            continue
         width[i], height[i], fmt[i] = decoded.width, decoded.height, decoded.format
     ok = np.array([s == "ok" for s in status], dtype=bool)
     meta = pd.DataFrame(

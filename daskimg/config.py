@@ -32,7 +32,7 @@ def _color(name: str, value: Any) -> Color:
         raise ConfigError(f"{name} must be three integers 0-255, got {value!r}") from None
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
         raise ConfigError(f"{name} must be three integers 0-255, got {value!r}")
-    return rgb  # type: ignore[return-value]
+    return rgb[0], rgb[1], rgb[2]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .config import PreprocessOptions
 
@@ -102,11 +102,12 @@ def decode(data: bytes, opts: PreprocessOptions) -> Decoded:
         With status ``not_image`` (no allowed format recognised), ``too_many_pixels`` or
         ``decode_error`` (truncated or corrupt data).
     """
+    img: Image.Image
     try:
         img = Image.open(io.BytesIO(data), formats=list(opts.formats))
     except Image.DecompressionBombError as e:
         raise DecodeError("too_many_pixels", str(e)) from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise DecodeError("not_image", f"not an image in an accepted format ({', '.join(opts.formats)})") from None
     except Exception as e:  # a hostile header can raise anything from a plugin's parser
         raise DecodeError("decode_error", f"unreadable image header: {type(e).__name__}: {e}") from None

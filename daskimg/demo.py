@@ -1,21 +1,20 @@
 """A built-in demo: sample photos shipped with the package, served from a local HTTP server.
 
->>> with demo_server() as urls:                        # doctest: +SKIP
-...     daskimg.read_urls(urls).fetch(allow_private_network=True).preprocess(size=128).to_zarr("demo.zarr")
+>>> with DemoServer() as server:                                         # doctest: +SKIP
+...     job = daskimg.read_urls(server.table).fetch(allow_private_network=True)
+...     job.preprocess(size=128).to_zarr("demo.zarr")
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["IMAGES", "demo_server", "demo_table"]
+__all__ = ["IMAGES", "DemoServer"]
 
 IMAGES = Path(__file__).resolve().parent / "demo_images"
 _SUFFIXES = (".jpg", ".png", ".webp")
@@ -28,23 +27,33 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def demo_table(base_url: str) -> pd.DataFrame:
-    """Every demo image once, plus one missing file to show how a failure is recorded."""
-    names = sorted(p.name for p in IMAGES.iterdir() if p.suffix in _SUFFIXES)
-    rows = [{"url": f"{base_url}/{n}", "caption": Path(n).stem.replace("_", " ")} for n in names]
-    rows.append({"url": f"{base_url}/missing.jpg", "caption": "a URL that answers 404"})
-    return pd.DataFrame(rows)
+class DemoServer:
+    """Serves the demo images on 127.0.0.1 (a free port) from a background thread until closed.
 
+    ``table`` lists every image once, with a caption, plus one missing file to show how a
+    failure is recorded.
+    """
 
-@contextlib.contextmanager
-def demo_server() -> Iterator[pd.DataFrame]:
-    """Serve the demo images on 127.0.0.1 (a free port) and yield the URL table for them."""
-    handler = functools.partial(_QuietHandler, directory=str(IMAGES))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="daskimg-demo-server", daemon=True)
-    thread.start()
-    try:
-        yield demo_table(f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    def __init__(self) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(IMAGES))
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, name="daskimg-demo-server", daemon=True).start()
+
+    @property
+    def table(self) -> pd.DataFrame:
+        names = sorted(p.name for p in IMAGES.iterdir() if p.suffix in _SUFFIXES)
+        rows = [{"url": f"{self.url}/{n}", "caption": Path(n).stem.replace("_", " ")} for n in names]
+        rows.append({"url": f"{self.url}/missing.jpg", "caption": "a URL that answers 404"})
+        return pd.DataFrame(rows)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> DemoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -100,7 +101,7 @@ class _GuardedConnection(HTTPConnection):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.timeout is not None:
-                    sock.settimeout(self.timeout)  # type: ignore[arg-type]
+                    sock.settimeout(self.timeout)
                 sock.connect(sockaddr)
                 return sock
             except TimeoutError as e:
@@ -174,7 +175,7 @@ def _opted_out(headers: urllib3.HTTPHeaderDict) -> bool:
     return False
 
 
-def _read_body(resp: urllib3.BaseHTTPResponse, opts: FetchOptions, deadline: float) -> FetchResult | bytes:
+def _read_body(resp: urllib3.HTTPResponse, opts: FetchOptions, deadline: float) -> FetchResult | bytes:
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > opts.max_bytes:
         return FetchResult("too_large", f"Content-Length {length} exceeds the {opts.max_bytes} byte cap", resp.status)
@@ -182,7 +183,7 @@ def _read_body(resp: urllib3.BaseHTTPResponse, opts: FetchOptions, deadline: flo
     while True:
         if time.monotonic() > deadline:
             return FetchResult("timeout", f"body not received within the {opts.deadline:g} s deadline", resp.status)
-        chunk = resp.read1(_CHUNK)  # type: ignore[attr-defined]
+        chunk = resp.read1(_CHUNK)
         if not chunk:
             return bytes(body)
         body += chunk
@@ -208,10 +209,11 @@ def fetch_one(url: str, opts: FetchOptions) -> FetchResult:
         wait: float | None = None
         timeout = urllib3.Timeout(connect=min(opts.timeout, remaining), read=min(opts.timeout, remaining))
         try:
-            resp = manager.urlopen(
+            answer = manager.urlopen(
                 "GET", current, headers=headers, redirect=False, retries=False,
                 preload_content=False, timeout=timeout, pool_timeout=remaining,
             )
+            resp = cast(urllib3.HTTPResponse, answer)  # what a pool returns for http(s)
         except BlockedAddress as e:
             return FetchResult("blocked_address", str(e))
         except LocationParseError as e:

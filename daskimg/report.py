@@ -39,10 +39,10 @@ class Summary:
 
     def __str__(self) -> str:
         failed = sum(n for s, n in self.counts.items() if s != "ok")
+        kinds = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items()) if s != "ok")
         lines = [
             f"daskimg: {self.rows} rows -> {self.output}",
-            f"  ok {self.ok}, failed {failed}"
-            + (" (" + ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items()) if s != "ok") + ")" if failed else ""),
+            f"  ok {self.ok}, failed {failed}" + (f" ({kinds})" if failed else ""),
             f"  {self.processed} rows processed in {self.seconds:.1f} s ({self.images_per_second:.1f} img/s)"
             + (f"; {self.resumed_chunks} chunks were already done" if self.resumed_chunks else ""),
         ]

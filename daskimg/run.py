@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,7 +19,7 @@ from typing import Any, NoReturn
 import pandas as pd
 
 from . import __version__
-from .config import FORMATS, RESAMPLE, RESIZE_MODES, FetchOptions
+from .config import FORMATS, RESAMPLE, RESIZE_MODES, FetchOptions, PreprocessOptions
 from .errors import DaskimgError
 from .sources import INPUT_FORMATS
 from .store import COMPRESSIONS
@@ -40,7 +41,7 @@ def _triple(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def _color(text: str) -> tuple[int, int, int]:
@@ -90,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse images with more pixels than this, before decoding (default 67108864)")
 
     g = p.add_argument_group("fetch")
-    g.add_argument("--timeout", type=float, default=_F.timeout, help=f"connect/read timeout, s (default {_F.timeout:g})")
+    g.add_argument("--timeout", type=float, default=_F.timeout,
+                   help=f"connect/read timeout, s (default {_F.timeout:g})")
     g.add_argument("--deadline", type=float, default=_F.deadline,
                    help=f"total time per URL with retries and redirects, s (default {_F.deadline:g})")
     g.add_argument("--max-bytes", type=int, default=_F.max_bytes,
@@ -128,10 +130,10 @@ def _table(args: argparse.Namespace, p: argparse.ArgumentParser) -> Iterator[tup
     if args.demo:
         if len(args.paths) > 1:
             p.error("--demo takes only OUTPUT")
-        from .demo import demo_server
+        from .demo import DemoServer
 
-        with demo_server() as table:
-            yield table, args.paths[0] if args.paths else "daskimg-demo.zarr"
+        with DemoServer() as server:
+            yield server.table, args.paths[0] if args.paths else "daskimg-demo.zarr"
         return
     if len(args.paths) != 2:
         p.error("expected INPUT and OUTPUT")
@@ -157,14 +159,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pipeline import read_urls
 
     try:
+        # Settings are checked before the input is read or the output touched.
+        fetch = FetchOptions(
+            timeout=args.timeout, deadline=args.deadline, max_bytes=args.max_bytes, retries=args.retries,
+            concurrency=args.concurrency, per_host=args.per_host,
+            allow_private_network=args.allow_private_network or args.demo,
+            respect_noai=not args.ignore_noai, user_agent=args.user_agent,
+        )
+        preprocess = PreprocessOptions(**_preprocess_options(args))
+        for name in ("chunk", "workers", "threads_per_worker"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                p.error(f"--{name.replace('_', '-')} must be >= 1")
         with _table(args, p) as (table, output):
             job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format)
-            job = job.fetch(
-                timeout=args.timeout, deadline=args.deadline, max_bytes=args.max_bytes, retries=args.retries,
-                concurrency=args.concurrency, per_host=args.per_host,
-                allow_private_network=args.allow_private_network or args.demo,
-                respect_noai=not args.ignore_noai, user_agent=args.user_agent,
-            ).preprocess(**_preprocess_options(args))
+            job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
 
             def announce(client: Any) -> None:
                 print(f"daskimg: {job!r}\ndaskimg: dashboard at {client.dashboard_link}", file=sys.stderr,

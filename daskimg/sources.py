@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dask.bag as db
 import dask.dataframe as dd
@@ -40,7 +41,7 @@ class Source:
 
     @property
     def n_chunks(self) -> int:
-        return self.frame.npartitions
+        return int(self.frame.npartitions)
 
 
 def _format_of(path: str) -> str:
@@ -70,7 +71,7 @@ def _expand(path: str) -> list[str]:
     return [fs.unstrip_protocol(f) for f in files]
 
 
-def _read(files: list[str], fmt: str, url_col: str) -> dd.DataFrame:
+def _read(files: list[str], fmt: str, url_col: str) -> Any:
     compression = "gzip" if files[0].endswith(".gz") else None
     if fmt == "txt":
         lines = db.read_text(files, compression=compression or "infer", blocksize=None)
@@ -84,7 +85,7 @@ def _read(files: list[str], fmt: str, url_col: str) -> dd.DataFrame:
     return dd.read_parquet(files)
 
 
-def _from_memory(table: Sequence[str] | pd.DataFrame, url_col: str) -> dd.DataFrame:
+def _from_memory(table: Sequence[str] | pd.DataFrame, url_col: str) -> Any:
     frame = table.reset_index(drop=True) if isinstance(table, pd.DataFrame) else pd.DataFrame({url_col: list(table)})
     parts = max(1, min(64, len(frame) // 100_000))
     return dd.from_pandas(frame, npartitions=parts, sort=False)

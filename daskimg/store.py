@@ -108,10 +108,10 @@ class Output:
         if part.start % self.chunk or len(part.images) != min(self.chunk, self.n_rows - part.start):
             raise OutputError(f"partition at row {part.start} is not aligned with chunk {k}")
         if self.format == "zarr":
-            group = _open_group(self.path)
+            images, ok = _open_arrays(self.path)
             stop = part.start + len(part.images)
-            group["images"][part.start : stop] = part.images
-            group["ok"][part.start : stop] = part.ok
+            images[part.start : stop] = part.images
+            ok[part.start : stop] = part.ok
         else:
             self._put(f"images/{k:08d}.npy", _npy_bytes(part.images))
             self._put(f"ok/{k:08d}.npy", _npy_bytes(part.ok))
@@ -131,7 +131,8 @@ class Output:
             attrs = zarr.open_group(self.path, mode="r").attrs.asdict()
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError, ValueError):
             return None
-        return attrs.get(_ATTR)  # type: ignore[no-any-return]
+        record = attrs.get(_ATTR)
+        return dict(record) if isinstance(record, dict) else None
 
     def write_settings(self, record: dict[str, Any]) -> None:
         if self.format == "npy":
@@ -150,8 +151,9 @@ class Output:
 
 
 @functools.lru_cache(maxsize=8)
-def _open_group(path: str) -> zarr.Group:
-    return zarr.open_group(path, mode="r+")
+def _open_arrays(path: str) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
+    """The output's two arrays, opened once per worker process."""
+    return zarr.open_array(path, path="images", mode="r+"), zarr.open_array(path, path="ok", mode="r+")
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -272,5 +274,5 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
 
 def _load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
     if isinstance(fs, LocalFileSystem):
-        return np.load(path, mmap_mode="r")
-    return np.load(io.BytesIO(fs.cat_file(path)))
+        return np.asarray(np.load(path, mmap_mode="r"))
+    return np.asarray(np.load(io.BytesIO(fs.cat_file(path))))

@@ -29,7 +29,7 @@ def fit(img: Image.Image, opts: PreprocessOptions) -> Image.Image:
     if opts.mode == "center_crop":
         # Crop and scale in one resampling pass: the box is the centred region that scales to the target.
         scale = max(tw / w, th / h)
-        cw, ch = tw / scale, th / scale
+        cw, ch = min(w, tw / scale), min(h, th / scale)  # min(): t / (t / w) can exceed w by a rounding error
         left, top = (w - cw) / 2, (h - ch) / 2
         return img.resize((tw, th), resample, box=(left, top, left + cw, top + ch))
     scale = min(tw / w, th / h)

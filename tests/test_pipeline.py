@@ -14,7 +14,7 @@ import daskimg
 from daskimg.errors import OutputError
 
 from .server import FaultServer
-from .test_sources import write_table
+from .tables import write_table
 
 GOOD = ["photo.jpg", "big.jpg", "tall.png", "photo.webp", "photo.gif", "photo.bmp"]
 
@@ -83,15 +83,7 @@ def test_every_input_format_gives_the_same_pixels(
     ref_images, _ = daskimg.open(str(reference))
 
     (tmp_path / "in").mkdir()
-    if fmt == "txt":
-        (tmp_path / "in" / "u.txt").write_text("\n".join(urls) + "\n")
-        path = str(tmp_path / "in" / "u.txt")
-    else:
-        path = {"csv": "u.csv", "tsv": "u.tsv", "jsonl": "u.jsonl", "parquet": "u.parquet"}[fmt]
-        path = str(tmp_path / "in" / path)
-        {"csv": lambda: table.to_csv(path, index=False), "tsv": lambda: table.to_csv(path, index=False, sep="\t"),
-         "jsonl": lambda: table.to_json(path, orient="records", lines=True),
-         "parquet": lambda: table.to_parquet(path)}[fmt]()
+    path = write_table(tmp_path / "in", fmt, table)
     out = tmp_path / "out.zarr"
     job(path, chunk=8).to_zarr(str(out), client=client, progress=False)
     images, meta = daskimg.open(str(out))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pandas as pd
@@ -11,42 +10,15 @@ import pytest
 from daskimg.errors import InputError
 from daskimg.sources import read_source
 
+from .tables import write_table
+
 URLS = [f"http://example.com/{i}.jpg" for i in range(700)]
 TABLE = pd.DataFrame({"url": URLS, "caption": [f"caption {i}" for i in range(700)], "id": range(700)})
 
 
-def write_table(directory: Path, fmt: str) -> str:
-    """Write TABLE as ``fmt`` and return the path (or glob) to read it from."""
-    if fmt == "txt":
-        path = directory / "urls.txt"
-        path.write_text("\n".join(URLS) + "\n")
-    elif fmt == "csv":
-        TABLE.to_csv(path := directory / "urls.csv", index=False)
-    elif fmt == "tsv":
-        TABLE.to_csv(path := directory / "urls.tsv", index=False, sep="\t")
-    elif fmt == "jsonl":
-        TABLE.to_json(path := directory / "urls.jsonl", orient="records", lines=True)
-    elif fmt == "parquet":
-        TABLE.to_parquet(path := directory / "urls.parquet")
-    elif fmt == "csv.gz":
-        with gzip.open(path := directory / "urls.csv.gz", "wt") as f:
-            TABLE.to_csv(f, index=False)
-    elif fmt == "shards":
-        (path := directory / "shards").mkdir()
-        for i, start in enumerate(range(0, 700, 300)):
-            TABLE.iloc[start : start + 300].to_parquet(path / f"part-{i}.parquet")
-    elif fmt == "glob":
-        for i, start in enumerate(range(0, 700, 250)):
-            TABLE.iloc[start : start + 250].to_json(directory / f"urls-{i}.jsonl", orient="records", lines=True)
-        return str(directory / "urls-*.jsonl")
-    else:
-        raise AssertionError(fmt)
-    return str(path)
-
-
 @pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "jsonl", "parquet", "csv.gz", "shards", "glob"])
 def test_every_format_gives_the_same_rows_in_aligned_chunks(tmp_path: Path, fmt: str) -> None:
-    source = read_source(write_table(tmp_path, fmt), chunk=256)
+    source = read_source(write_table(tmp_path, fmt, TABLE), chunk=256)
     assert source.n_rows == 700
     assert source.n_chunks == 3
     parts = [source.frame.partitions[k].compute() for k in range(source.n_chunks)]

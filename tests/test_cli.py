@@ -1,0 +1,140 @@
+"""The command line as a user meets it: the demo, clear refusals, and a cluster started by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client
+
+import daskimg
+
+from .server import FaultServer
+
+BIN = Path(sys.executable).parent
+QUIET = ["--no-progress", "--dashboard-address", ":0"]
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daskimg.run", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo.zarr"
+    done = cli("--demo", str(out), "--size", "64", *QUIET)
+    assert done.returncode == 0, done.stderr
+    assert "dashboard at http" in done.stderr
+    assert "ok 10, failed 1 (http_error 1)" in done.stdout
+    images, meta = daskimg.open(str(out))
+    assert images.shape == (11, 64, 64, 3)
+    assert (meta["status"] == "ok").sum() == 10
+    again = cli("--demo", str(out), "--size", "64", *QUIET)
+    assert again.returncode == 0
+    assert "0 rows processed" in again.stdout
+
+
+def test_help_documents_every_option() -> None:
+    text = cli("--help").stdout
+    for option in ["--url-col", "--size", "--mode", "--dtype", "--channels-first", "--timeout", "--deadline",
+                   "--max-bytes", "--retries", "--allow-private-network", "--format", "--chunk", "--overwrite",
+                   "--scheduler", "--workers", "--demo"]:
+        assert option in text
+
+
+@pytest.fixture
+def urls_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "urls.csv"
+    pd.DataFrame({"link": ["http://example.com/a.jpg"]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.csv", "out.zarr"], "no input file matches"),
+        (["urls.csv", "out.zarr"], "no column 'url'"),
+        (["urls.csv", "out.zarr", "--url-col", "link", "--size", "0"], "height must be a positive integer"),
+        (["urls.csv", "out.zarr", "--url-col", "link", "--size", "-3"], "height must be a positive integer"),
+        (["urls.csv"], "expected INPUT and OUTPUT"),
+        (["urls.csv", "out.zarr", "--mode", "squash"], "invalid choice"),
+        (["urls.csv", "out.zarr", "--url-col", "link", "--chunk", "0"], "--chunk must be >= 1"),
+        (["urls.csv", "out.zarr", "--url-col", "link", "--timeout", "-1"], "timeout must be > 0"),
+    ],
+    ids=["missing-input", "no-url-column", "size-0", "size-negative", "no-output", "bad-mode", "chunk-0",
+         "bad-timeout"],
+)
+def test_misuse_gets_one_clear_line_and_writes_nothing(
+    tmp_path: Path, urls_csv: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = cli(*args, *QUIET)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("daskimg: error:")
+    assert message in lines[0]
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "demo.zarr"
+    assert cli("--demo", str(out), "--size", "32", *QUIET).returncode == 0
+    before = sorted(p.name for p in (out / "metadata").iterdir())
+    refused = cli("--demo", str(out), "--size", "48", *QUIET)
+    assert refused.returncode == 2
+    assert "other settings" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == before
+    assert daskimg.open(str(out))[0].shape[1] == 32
+
+
+@pytest.fixture
+def hand_made_cluster(tmp_path: Path) -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes, as an operator would start them."""
+    file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--scheduler-file", str(file), "--port", "0",
+                               "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(200):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(file),
+                                           "--nthreads", "2", "--no-dashboard"], stderr=subprocess.DEVNULL))
+        address = json.loads(file.read_text())["address"]
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+@pytest.mark.cluster
+def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
+    tmp_path: Path, server: FaultServer, hand_made_cluster: str
+) -> None:
+    urls = tmp_path / "urls.txt"
+    names = ["photo.jpg", "big.jpg", "tall.png", "photo.webp", "photo.gif", "photo.bmp"]
+    urls.write_text("".join(server.url(f"/img/{names[i % 6]}?i={i}\n") for i in range(40)) + server.url("/missing"))
+    common = [str(urls), "--size", "40", "--chunk", "16", "--allow-private-network", *QUIET]
+    local = cli(common[0], str(tmp_path / "local.zarr"), *common[1:])
+    assert local.returncode == 0, local.stderr
+    remote = cli(common[0], str(tmp_path / "remote.zarr"), *common[1:], "--scheduler", hand_made_cluster)
+    assert remote.returncode == 0, remote.stderr
+    a, meta_a = daskimg.open(str(tmp_path / "local.zarr"))
+    b, meta_b = daskimg.open(str(tmp_path / "remote.zarr"))
+    np.testing.assert_array_equal(a.compute(), b.compute())
+    pd.testing.assert_frame_equal(meta_a, meta_b)
+    assert (meta_b["status"] == "ok").sum() == 40

@@ -1,0 +1,49 @@
+"""The project's own promises about itself: the README's commands, CI, and the environments agree."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import daskimg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    assert readme.lstrip().startswith("# daskimg")
+    section = readme.split("## Quick start", 1)[1]
+    block = section.split("```", 2)[1]
+    return [line for line in block.splitlines()[1:] if line.strip()]
+
+
+def test_readme_quick_start_has_two_commands_and_ci_runs_the_second() -> None:
+    demo, tests = quick_start_commands()
+    assert "--demo" in demo
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
+
+
+def test_environment_yml_matches_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    env = (ROOT / "environment.yml").read_text().lower()
+
+    def norm(spec: str) -> str:
+        return re.sub(r"\[.*?\]", "", spec).lower().replace(" ", "")
+
+    for spec in wanted:
+        spec = norm(spec)
+        assert f"- {spec}" in env, f"environment.yml lacks {spec}"
+    assert "- distributed" + norm(next(s for s in wanted if s.startswith("dask")))[4:] in env
+
+
+def test_public_api_is_pinned() -> None:
+    assert daskimg.__all__ == sorted(daskimg.__all__)
+    assert set(daskimg.__all__) == {
+        "ConfigError", "DaskimgError", "FetchOptions", "InputError", "Job", "OutputError", "PreprocessOptions",
+        "Summary", "__version__", "open", "read_urls",
+    }
