@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
@@ -52,15 +54,30 @@ def run_client(
     with contextlib.suppress(ValueError):
         yield Client.current()
         return
-    n = workers or default_workers()
-    with (
-        LocalCluster(
-            n_workers=n,
+    with _workers_ignore_sigint():
+        cluster = LocalCluster(
+            n_workers=workers or default_workers(),
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=dashboard_address,
             silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as local,
-    ):
+        )
+    with cluster, Client(cluster) as local:
         yield local
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (they inherit it).
+
+    Ctrl-C in a terminal reaches the whole process group; only this process should act on
+    it, by cancelling the run and closing the cluster, not every worker with a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -16,6 +16,7 @@ Routes (query strings are ignored except where said):
 /to-file             302 to file:///etc/passwd
 /noai/NAME           the image with X-Robots-Tag: noai
 /big                 Content-Length larger than any sane cap, no body
+/delay/NAME?ms=M     the image NAME after M milliseconds
 
 Every request is counted in ``hits`` (by path, without the query) and its User-Agent kept.
 """
@@ -107,6 +108,9 @@ class FaultServer:
                 self.send(h, 503, b"busy", headers={"Retry-After": "0"})
             else:
                 self.send(h, 200, self.images[name])
+        elif head == "delay" and name in self.images:
+            time.sleep(float(query.get("ms", ["300"])[0]) / 1000)
+            self.send(h, 200, self.images[name])
         elif head == "html":
             self.send(h, 200, b"<!doctype html><html><body>not an image</body></html>", ctype="text/html")
         elif head == "truncated.jpg":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,12 @@ def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     again = cli("--demo", str(out), "--size", "64", *QUIET)
     assert again.returncode == 0
     assert "0 rows processed" in again.stdout
+
+
+def test_the_console_script_is_installed() -> None:
+    done = subprocess.run([str(BIN / "daskimg"), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"daskimg {daskimg.__version__}"
 
 
 def test_help_documents_every_option() -> None:
@@ -138,3 +146,43 @@ def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
     np.testing.assert_array_equal(a.compute(), b.compute())
     pd.testing.assert_frame_equal(meta_a, meta_b)
     assert (meta_b["status"] == "ok").sum() == 40
+
+
+def test_ctrl_c_stops_promptly_and_the_same_command_finishes_the_job(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=300&ctrlc={i}\n") for i in range(160)))
+    out = tmp_path / "out.zarr"
+    cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", "32", "--chunk", "8",
+           "--concurrency", "2", "--allow-private-network", *QUIET]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    done = out / "metadata" / "_done"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and len(list(done.iterdir())) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    stopped = time.monotonic()
+    _, stderr = run.communicate(timeout=60)
+    assert time.monotonic() - stopped < 10
+    assert run.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "daskimg: interrupted; run the same command again to resume"
+    finished = len(list(done.iterdir()))
+    assert finished < 20
+
+    hits = sum(server.hits.values())
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert sum(server.hits.values()) - hits == 160 - 8 * finished  # only what was not done is fetched
+    assert sum(server.hits.values()) - hits > 0
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert third.returncode == 0
+    assert "0 rows processed" in third.stdout
+
+    images, meta = daskimg.open(str(out))
+    assert (meta["status"] == "ok").all()
+    undisturbed = (daskimg.read_urls(str(urls), chunk=8).fetch(allow_private_network=True)
+                   .preprocess(size=32).to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False))
+    assert undisturbed.complete
+    np.testing.assert_array_equal(images.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())
