@@ -34,7 +34,7 @@ from .config import FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
 from .report import Progress, Summary
 from .sources import Source, read_source
-from .store import ChunkReport, Output, OutputFormat, prepare_output
+from .store import DEFAULT_COMPRESSION, ChunkReport, Output, OutputFormat, prepare_output
 
 __all__ = ["Job", "read_urls"]
 
@@ -101,7 +101,7 @@ class Job:
             "preprocess": options_dict(self.preprocess_options),
         }
 
-    def prepare(self, path: str, *, format: OutputFormat = "zarr", compression: str = "zstd",
+    def prepare(self, path: str, *, format: OutputFormat = "zarr", compression: str = DEFAULT_COMPRESSION,
                 overwrite: bool = False) -> Output:
         """Create (or reopen, to resume) the output at ``path``."""
         p = self.preprocess_options
@@ -139,7 +139,7 @@ class Job:
         path: str,
         *,
         format: OutputFormat = "zarr",
-        compression: str = "zstd",
+        compression: str = DEFAULT_COMPRESSION,
         overwrite: bool = False,
         client: Client | None = None,
         scheduler: str | None = None,

@@ -22,7 +22,7 @@ from . import __version__
 from .config import FORMATS, RESAMPLE, RESIZE_MODES, FetchOptions, PreprocessOptions
 from .errors import DaskimgError
 from .sources import INPUT_FORMATS
-from .store import COMPRESSIONS
+from .store import COMPRESSIONS, DEFAULT_COMPRESSION
 
 __all__ = ["main", "parser"]
 
@@ -111,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=("zarr", "npy"), default="zarr", help="zarr v3 group (default) or .npy files")
     g.add_argument("--chunk", type=int, default=256, help="rows per partition and per output chunk (default 256)")
-    g.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="zarr chunk compression (default zstd)")
+    g.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
+                   help=f"zarr chunk compression: lz4 (Blosc, bit-shuffled: fast), zstd (smaller, slower) or none "
+                   f"(default {DEFAULT_COMPRESSION})")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
 
     g = p.add_argument_group("cluster")
