@@ -1,51 +1,52 @@
-"""Bytes from one URL, safely; a batch of URLs on a thread pool.
+"""Bytes from URLs, safely, many at a time: libcurl's multi interface driven from one thread.
 
-Every failure is returned as a :class:`FetchResult` with a short ``status`` and a
-message, never raised. Safety rules, all enforced here:
+Every failure is returned as a :class:`FetchResult` with a short ``status`` and a message,
+never raised. One thread keeps up to ``concurrency`` transfers in flight on pooled
+keep-alive connections, so a far-away server's round trip is hidden without a thread
+per request, and the HTTP work itself runs in C (about a sixth of urllib3's CPU time
+per image). Safety rules, all enforced here:
 
-* only ``http`` and ``https``, at most ``max_redirects`` hops, each hop checked again;
-* the address a connection goes to is checked *after* DNS resolution, at connect time,
-  so neither odd spellings (``2130706433``, ``0x7f.1``) nor DNS rebinding reach a
-  loopback, private or link-local host unless allowed (link-local never is);
-* a connect/read timeout, a total deadline per URL and a cap on the body size;
-* retries with exponential backoff and jitter for connection errors, 429 and 5xx only,
-  honouring ``Retry-After`` up to a cap.
+* only ``http`` and ``https``, for the first request and every redirect, at most
+  ``max_redirects`` hops;
+* the address of every new connection is checked *after* DNS resolution, as libcurl
+  opens the socket, so neither odd spellings (``2130706433``, ``0x7f.1``) nor DNS
+  rebinding reach a loopback, private or link-local host unless allowed (link-local
+  never is); proxies from the environment are not used, so the check sees the real peer;
+* a connect timeout, a stall timeout (no byte for ``timeout`` seconds), a total
+  deadline per URL and a cap on the body size; no compressed transfer encodings;
+* retries with exponential backoff and jitter for connection errors, timeouts, 429
+  and 5xx only, honouring ``Retry-After`` up to a cap.
 """
 
 from __future__ import annotations
 
 import email.utils
-import functools
 import hashlib
+import heapq
+import io
 import ipaddress
+import math
 import random
 import socket
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import cast
-from urllib.parse import urljoin, urlsplit
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    LocationParseError,
-    NameResolutionError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
+import pycurl
 
 from .config import FetchOptions
 
-__all__ = ["FetchResult", "fetch_batch", "fetch_one"]
+__all__ = ["FetchResult", "address_refusal", "fetch_batch", "fetch_one", "url_refusal"]
 
-REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CHUNK = 256 * 1024
 _MAX_URL = 8192
+_RETRY_CURL = frozenset({
+    pycurl.E_COULDNT_CONNECT, pycurl.E_OPERATION_TIMEDOUT, pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR,
+    pycurl.E_SEND_ERROR, pycurl.E_PARTIAL_FILE,
+})
+_PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,6 @@ class FetchResult:
         return self.status == "ok"
 
 
-class BlockedAddress(Exception):
-    """A connection would reach an address the policy refuses (raised inside urllib3)."""
-
-
 def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
     """Why ``ip`` may not be contacted, or ``None`` when it may."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -80,58 +77,6 @@ def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_pri
     return f"{ip} is a private or loopback address; pass --allow-private-network to allow it"
 
 
-class _GuardedConnection(HTTPConnection):
-    """Resolves the host itself and connects only to addresses the policy allows."""
-
-    allow_private = False
-
-    def _new_conn(self) -> socket.socket:
-        try:
-            infos = socket.getaddrinfo(self._dns_host, self.port, 0, socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as e:
-            raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
-        refusal = None
-        last_error: OSError | None = None
-        for family, kind, proto, _, sockaddr in infos:
-            ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-            refusal = address_refusal(ip, self.allow_private)
-            if refusal:
-                continue
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.timeout is not None:
-                    sock.settimeout(self.timeout)
-                sock.connect(sockaddr)
-                return sock
-            except TimeoutError as e:
-                sock.close()
-                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from e
-            except OSError as e:
-                sock.close()
-                last_error = e
-        if last_error is not None:
-            raise NewConnectionError(self, f"cannot connect to {self.host}: {last_error}")
-        raise BlockedAddress(refusal or f"{self.host} resolved to no address")
-
-
-class _GuardedHTTPSConnection(_GuardedConnection, HTTPSConnection):
-    pass
-
-
-@functools.cache
-def _pool_manager(allow_private: bool, per_host: int) -> urllib3.PoolManager:
-    """One pool manager per worker process and policy, shared by all fetch threads."""
-    http_conn = type("Conn", (_GuardedConnection,), {"allow_private": allow_private})
-    https_conn = type("TLSConn", (_GuardedHTTPSConnection,), {"allow_private": allow_private})
-    manager = urllib3.PoolManager(num_pools=256, maxsize=per_host, block=True)
-    manager.pool_classes_by_scheme = {
-        "http": type("Pool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
-        "https": type("TLSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
-    }
-    return manager
-
-
 def url_refusal(url: object) -> str | None:
     """Why a table cell is not a fetchable URL, or ``None``."""
     if not isinstance(url, str) or not url.strip():
@@ -140,11 +85,12 @@ def url_refusal(url: object) -> str | None:
         return f"URL longer than {_MAX_URL} characters"
     try:
         parts = urlsplit(url.strip())
+        host = parts.hostname
     except ValueError as e:
         return f"not a URL: {e}"
     if parts.scheme.lower() not in ("http", "https"):
         return f"scheme {parts.scheme or '(none)'!r} refused; only http and https are fetched"
-    if not parts.hostname:
+    if not host:
         return "URL has no host"
     return None
 
@@ -163,126 +109,208 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     return min(max(0.0, when.timestamp() - time.time()), cap)
 
 
-def _opted_out(headers: urllib3.HTTPHeaderDict) -> bool:
-    """True when ``X-Robots-Tag`` says noai/noimageai to everyone or to daskimg."""
-    for value in headers.getlist("X-Robots-Tag"):
+def _opted_out(robots: list[str]) -> bool:
+    """True when an ``X-Robots-Tag`` value says noai/noimageai to everyone or to daskimg."""
+    for value in robots:
         for token in value.split(","):
             agent, _, directive = token.rpartition(":")
-            if agent.strip().lower() not in ("", "daskimg"):
-                continue
-            if directive.strip().lower() in ("noai", "noimageai"):
+            if agent.strip().lower() in ("", "daskimg") and directive.strip().lower() in ("noai", "noimageai"):
                 return True
     return False
 
 
-def _read_body(resp: urllib3.HTTPResponse, opts: FetchOptions, deadline: float) -> FetchResult | bytes:
-    length = resp.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > opts.max_bytes:
-        return FetchResult("too_large", f"Content-Length {length} exceeds the {opts.max_bytes} byte cap", resp.status)
-    body = bytearray()
-    while True:
-        if time.monotonic() > deadline:
-            return FetchResult("timeout", f"body not received within the {opts.deadline:g} s deadline", resp.status)
-        chunk = resp.read1(_CHUNK)
-        if not chunk:
-            return bytes(body)
-        body += chunk
-        if len(body) > opts.max_bytes:
-            return FetchResult("too_large", f"body exceeds the {opts.max_bytes} byte cap", resp.status)
+@dataclass(eq=False)
+class _Transfer:
+    """One URL's journey: attempts, and what the current attempt has received."""
+
+    index: int
+    url: str
+    deadline: float
+    attempt: int = 0
+    blocked: str | None = None
+    body: io.BytesIO = field(default_factory=io.BytesIO)
+    headers: list[bytes] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.blocked = None
+        self.body = io.BytesIO()
+        self.headers = []
+
+    def header(self, line: bytes) -> None:
+        if line.startswith(b"HTTP/"):  # a new response (after a redirect or a 100): forget the last one's
+            self.headers.clear()
+        self.headers.append(line)
+
+    def status_line(self) -> str:
+        """``HTTP 404 Not Found`` from the final response's status line."""
+        if not self.headers:
+            return ""
+        _, _, rest = self.headers[0].decode("latin-1").strip().partition(" ")
+        return f"HTTP {rest}"[:200]
+
+    def header_values(self, name: bytes) -> list[str]:
+        prefix = name.lower() + b":"
+        return [h[len(prefix):].strip().decode("latin-1") for h in self.headers if h[: len(prefix)].lower() == prefix]
+
+
+class _Fetcher:
+    """A libcurl multi handle and its easy handles, reused by one thread across batches (keep-alive)."""
+
+    def __init__(self, opts: FetchOptions) -> None:
+        self.opts = opts
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, opts.per_host)
+        self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, opts.concurrency)
+        self.idle: list[Any] = []  # easy handles between transfers
+        self.busy: dict[Any, _Transfer] = {}  # easy handle -> its transfer
+
+    def _open_socket(self, transfer: _Transfer) -> Any:
+        allow = self.opts.allow_private_network
+
+        def open_socket(purpose: int, address: Any) -> Any:
+            ip = ipaddress.ip_address(str(address.addr[0]).split("%", 1)[0])
+            refusal = address_refusal(ip, allow)
+            if refusal:
+                transfer.blocked = refusal
+                return pycurl.SOCKET_BAD
+            return socket.socket(address.family, address.socktype, address.protocol)
+
+        return open_socket
+
+    def _start(self, transfer: _Transfer) -> None:
+        o = self.opts
+        c = self.idle.pop() if self.idle else pycurl.Curl()
+        transfer.reset()
+        remaining = max(0.001, transfer.deadline - time.monotonic())
+        self.busy[c] = transfer
+        c.setopt(pycurl.URL, transfer.url.strip())
+        c.setopt(pycurl.PROTOCOLS, _PROTOCOLS)
+        c.setopt(pycurl.REDIR_PROTOCOLS, _PROTOCOLS)
+        c.setopt(pycurl.FOLLOWLOCATION, 1)
+        c.setopt(pycurl.MAXREDIRS, o.max_redirects)
+        c.setopt(pycurl.PROXY, "")
+        c.setopt(pycurl.NOSIGNAL, 1)
+        c.setopt(pycurl.USERAGENT, o.user_agent)
+        c.setopt(pycurl.HTTPHEADER, ["Accept: image/*,*/*;q=0.5"])
+        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * min(o.timeout, remaining)))
+        c.setopt(pycurl.TIMEOUT_MS, int(1000 * remaining))
+        c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        c.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(o.timeout)))
+        c.setopt(pycurl.MAXFILESIZE_LARGE, o.max_bytes)
+        c.setopt(pycurl.WRITEFUNCTION, self._writer(transfer))
+        c.setopt(pycurl.HEADERFUNCTION, transfer.header)
+        c.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket(transfer))
+        self.multi.add_handle(c)
+
+    def _writer(self, transfer: _Transfer) -> Any:
+        cap, body = self.opts.max_bytes, transfer.body
+
+        def write(chunk: bytes) -> int | None:
+            if body.tell() + len(chunk) > cap:
+                return 0  # abort: libcurl reports a write error, recorded as too_large
+            body.write(chunk)
+            return None
+
+        return write
+
+    def _finish(self, c: Any, t: _Transfer, errno: int, message: str) -> tuple[FetchResult, float | None]:
+        """The attempt's result, and a wait in seconds if it should be retried (-1: the usual backoff)."""
+        code = int(c.getinfo(pycurl.RESPONSE_CODE)) or None
+        redirected = int(c.getinfo(pycurl.REDIRECT_COUNT)) > 0
+        o = self.opts
+        if errno == 0:
+            if o.respect_noai and _opted_out(t.header_values(b"x-robots-tag")):
+                return FetchResult("opted_out", "X-Robots-Tag forbids AI use (noai/noimageai)", code), None
+            if code == 429 or (code or 0) >= 500:
+                wait = _retry_after(next(iter(t.header_values(b"retry-after")), None), o.max_retry_after)
+                error = t.status_line() or f"HTTP {code}"
+                return FetchResult("http_error", error, code), wait if wait is not None else -1.0
+            if code != 200:
+                return FetchResult("http_error", t.status_line() or f"HTTP {code}", code), None
+            data = t.body.getvalue()
+            if not data:
+                return FetchResult("empty_body", "the server answered with an empty body", code), None
+            return FetchResult("ok", None, code, data, hashlib.sha256(data).hexdigest()), None
+        if t.blocked:
+            return FetchResult("blocked_address", t.blocked), None
+        if errno in (pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR):
+            return FetchResult("too_large", f"body exceeds the {o.max_bytes} byte cap", code), None
+        if errno == pycurl.E_TOO_MANY_REDIRECTS:
+            return FetchResult("too_many_redirects", f"more than {o.max_redirects} redirects", code), None
+        if errno == pycurl.E_UNSUPPORTED_PROTOCOL and redirected:
+            return FetchResult("blocked_redirect", f"redirect refused: {message}; only http and https", code), None
+        if errno in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
+            return FetchResult("invalid_url", message), None
+        if errno == pycurl.E_COULDNT_RESOLVE_HOST:
+            return FetchResult("dns_error", message), None
+        kind = "timeout" if errno == pycurl.E_OPERATION_TIMEDOUT else "connection_error"
+        return FetchResult(kind, message, code), -1.0 if errno in _RETRY_CURL else None
+
+    def run(self, urls: list[object]) -> list[FetchResult]:
+        o = self.opts
+        results: list[FetchResult | None] = [None] * len(urls)
+        start = time.monotonic()
+        ready: list[_Transfer] = []
+        for i, url in enumerate(urls):
+            refusal = url_refusal(url)
+            if refusal:
+                results[i] = FetchResult("invalid_url", refusal)
+            else:
+                ready.append(_Transfer(i, str(url), start + o.deadline))
+        ready.reverse()  # pop() from the end keeps input order
+        waiting: list[tuple[float, int, _Transfer]] = []  # (when, index, transfer): retries after backoff
+        active = 0
+        while ready or waiting or active:
+            now = time.monotonic()
+            while waiting and waiting[0][0] <= now:
+                ready.append(heapq.heappop(waiting)[2])
+            while ready and active < o.concurrency:
+                self._start(ready.pop())
+                active += 1
+            while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                pass
+            while True:
+                queued, ok, failed = self.multi.info_read()
+                for c, errno, message in [(c, 0, "") for c in ok] + failed:
+                    active -= 1
+                    self.multi.remove_handle(c)
+                    t = self.busy.pop(c)
+                    result, wait = self._finish(c, t, errno, message)
+                    self.idle.append(c)
+                    if wait is not None and t.attempt < o.retries:
+                        t.attempt += 1
+                        if wait < 0:
+                            wait = o.backoff * 2 ** (t.attempt - 1) * random.uniform(0.5, 1.5)
+                        if time.monotonic() + wait < t.deadline:
+                            heapq.heappush(waiting, (time.monotonic() + wait, t.index, t))
+                            continue
+                    results[t.index] = result
+                if not queued:
+                    break
+            if active:
+                self.multi.select(0.05 if waiting else 1.0)
+            elif waiting and not ready:
+                time.sleep(max(0.0, min(waiting[0][0] - time.monotonic(), 1.0)))
+        return [r if r is not None else FetchResult("connection_error", "no result") for r in results]
+
+
+_local = threading.local()
+
+
+def _fetcher(opts: FetchOptions) -> _Fetcher:
+    """This thread's fetcher for ``opts``: its connections stay open between batches."""
+    cached: _Fetcher | None = getattr(_local, "fetcher", None)
+    if cached is None or cached.opts != opts:
+        cached = _local.fetcher = _Fetcher(opts)
+    return cached
+
+
+def fetch_batch(urls: Iterable[object], opts: FetchOptions) -> list[FetchResult]:
+    """Fetch every URL with up to ``opts.concurrency`` transfers in flight; results in input order."""
+    items = list(urls)
+    return _fetcher(opts).run(items) if items else []
 
 
 def fetch_one(url: str, opts: FetchOptions) -> FetchResult:
     """Download one URL under ``opts``; never raises for a bad URL, server or network."""
-    refusal = url_refusal(url)
-    if refusal:
-        return FetchResult("invalid_url", refusal)
-    manager = _pool_manager(opts.allow_private_network, opts.per_host)
-    headers = {"User-Agent": opts.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
-    deadline = time.monotonic() + opts.deadline
-    current = url.strip()
-    hops = 0
-    attempt = 0
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return FetchResult("timeout", f"no answer within the {opts.deadline:g} s deadline")
-        wait: float | None = None
-        timeout = urllib3.Timeout(connect=min(opts.timeout, remaining), read=min(opts.timeout, remaining))
-        try:
-            answer = manager.urlopen(
-                "GET", current, headers=headers, redirect=False, retries=False,
-                preload_content=False, timeout=timeout, pool_timeout=remaining,
-            )
-            resp = cast(urllib3.HTTPResponse, answer)  # what a pool returns for http(s)
-        except BlockedAddress as e:
-            return FetchResult("blocked_address", str(e))
-        except LocationParseError as e:
-            return FetchResult("invalid_url", f"not a URL: {e}")
-        except NameResolutionError as e:
-            return FetchResult("dns_error", f"cannot resolve host: {e.__cause__ or e}")
-        except NewConnectionError as e:  # before its base class ConnectTimeoutError
-            result = FetchResult("connection_error", str(e))
-        except (ConnectTimeoutError, ReadTimeoutError, TimeoutError) as e:
-            result = FetchResult("timeout", f"timed out: {e}")
-        except (HTTPError, OSError) as e:
-            result = FetchResult("connection_error", f"{type(e).__name__}: {e}")
-        else:
-            try:
-                status = resp.status
-                if status in REDIRECTS and resp.headers.get("Location"):
-                    hops += 1
-                    if hops > opts.max_redirects:
-                        return FetchResult("too_many_redirects", f"more than {opts.max_redirects} redirects", status)
-                    current = urljoin(current, resp.headers["Location"])
-                    refusal = url_refusal(current)
-                    if refusal:
-                        return FetchResult("blocked_redirect", f"redirect to {current[:200]}: {refusal}", status)
-                    continue
-                if opts.respect_noai and _opted_out(resp.headers):
-                    return FetchResult("opted_out", "X-Robots-Tag forbids AI use (noai/noimageai)", status)
-                if status == 429 or status >= 500:
-                    result = FetchResult("http_error", f"HTTP {status} {resp.reason or ''}".strip(), status)
-                    wait = _retry_after(resp.headers.get("Retry-After"), opts.max_retry_after)
-                elif status != 200:
-                    return FetchResult("http_error", f"HTTP {status} {resp.reason or ''}".strip(), status)
-                else:
-                    body = _read_body(resp, opts, deadline)
-                    if isinstance(body, FetchResult):
-                        return body
-                    if not body:
-                        return FetchResult("empty_body", "the server answered with an empty body", status)
-                    return FetchResult("ok", None, status, body, hashlib.sha256(body).hexdigest())
-            except (ReadTimeoutError, TimeoutError) as e:
-                result = FetchResult("timeout", f"body read timed out: {e}", resp.status)
-            except (HTTPError, OSError) as e:
-                result = FetchResult("connection_error", f"body read failed: {type(e).__name__}: {e}", resp.status)
-            finally:
-                if not resp.isclosed():  # unread body: this connection cannot serve another request
-                    resp.close()
-                resp.release_conn()  # give the slot back to the pool (a closed connection reconnects)
-        if attempt >= opts.retries:
-            return result
-        attempt += 1
-        if wait is None:
-            wait = opts.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-        if time.monotonic() + wait > deadline:
-            return result
-        time.sleep(wait)
-
-
-def fetch_batch(urls: Iterable[object], opts: FetchOptions) -> list[FetchResult]:
-    """Fetch every URL of a partition with up to ``opts.concurrency`` requests in flight.
-
-    Results come back in input order, one per URL.
-    """
-    items: Sequence[object] = list(urls)
-    if not items:
-        return []
-
-    def one(url: object) -> FetchResult:
-        if not isinstance(url, str):
-            return FetchResult("invalid_url", "empty or missing URL")
-        return fetch_one(url, opts)
-
-    with ThreadPoolExecutor(min(opts.concurrency, len(items)), thread_name_prefix="daskimg-fetch") as pool:
-        return list(pool.map(one, items))
+    return fetch_batch([url], opts)[0]
