@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import dask
 from distributed import Client, LocalCluster
 
 from .errors import ConfigError
@@ -54,7 +55,9 @@ def run_client(
     with contextlib.suppress(ValueError):
         yield Client.current()
         return
-    with _workers_ignore_sigint():
+    # The workers' statistical profiler samples every thread 100 times a second: a few percent of
+    # the CPU that decoding needs. Switched off for the clusters daskimg starts (not for others').
+    with _workers_ignore_sigint(), dask.config.set({"distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),
             threads_per_worker=threads_per_worker,

@@ -74,8 +74,8 @@ class FetchOptions:
     backoff: float = 0.5
     max_retry_after: float = 10.0
     max_redirects: int = 10
-    concurrency: int = 32
-    per_host: int = 32
+    concurrency: int = 128
+    per_host: int = 64
     allow_private_network: bool = False
     respect_noai: bool = True
     user_agent: str = ""

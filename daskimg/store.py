@@ -154,8 +154,14 @@ class Output:
 
 @functools.lru_cache(maxsize=8)
 def _open_arrays(path: str) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
-    """The output's two arrays, opened once per worker process."""
-    return zarr.open_array(path, path="images", mode="r+"), zarr.open_array(path, path="ok", mode="r+")
+    """The output's two arrays, opened once per worker process.
+
+    ``write_empty_chunks``: every chunk is written whole, so zarr's check for an all-zero chunk
+    (a full comparison of megabytes of pixels) is pure cost.
+    """
+    config = {"write_empty_chunks": True}
+    return (zarr.open_array(path, path="images", mode="r+", config=config),
+            zarr.open_array(path, path="ok", mode="r+", config=config))
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

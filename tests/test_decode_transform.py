@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -195,3 +196,47 @@ def test_any_size_in_gives_exactly_the_target_shape(
     data = encode(photo("cat.jpg").resize((src_w, src_h)), fmt)
     out = run(data, width=w, height=h, mode=mode)
     assert out.shape == (h, w, 3)
+
+
+@functools.cache
+def _variants() -> dict[str, bytes]:
+    base = photo("coffee.jpg").resize((640, 427))
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    wide = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    return {
+        "jpeg-rgb": encode(base, "JPEG", quality=92),
+        "jpeg-grey": encode(base.convert("L"), "JPEG", quality=92),
+        "jpeg-exif-8": encode(base, "JPEG", quality=92, exif=exif),
+        "jpeg-cmyk": encode(base.convert("CMYK"), "JPEG", quality=92),
+        "jpeg-progressive": encode(base, "JPEG", quality=92, progressive=True),
+        "png-rgb": encode(base, "PNG"),
+        "png-rgba": encode(rgba, "PNG"),
+        "png-grey": encode(base.convert("L"), "PNG"),
+        "png-la": encode(rgba.convert("LA"), "PNG"),
+        "png-grey16": encode(Image.fromarray(wide), "PNG"),
+        "png-palette": encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+@pytest.mark.parametrize("mode", ["center_crop", "pad"])
+def test_fast_decoders_agree_with_pillow(name: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import daskimg.decode
+
+    data = _variants()[name]
+    fast = run(data, width=96, height=80, mode=mode)
+    monkeypatch.setattr(daskimg.decode, "simplejpeg", None)
+    monkeypatch.setattr(daskimg.decode, "pyspng", None)
+    pillow = run(data, width=96, height=80, mode=mode)
+    assert fast.shape == pillow.shape == (80, 96, 3)
+    assert mean_abs(fast, pillow) < 3.0
+
+
+def test_fast_decoders_are_used_when_installed() -> None:
+    import daskimg.decode
+
+    assert daskimg.decode.simplejpeg is not None
+    assert daskimg.decode.pyspng is not None
