@@ -57,6 +57,9 @@ class DecodeError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
+        return DecodeError, (self.status, str(self))
+
 
 @dataclass(frozen=True, slots=True)
 class Decoded:

@@ -28,14 +28,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class DemoServer:
-    """Serves the demo images on 127.0.0.1 (a free port) from a background thread until closed.
+    """Serves the demo images (or ``directory``) on 127.0.0.1, a free port, from a thread until closed.
 
     ``table`` lists every image once, with a caption, plus one missing file to show how a
     failure is recorded.
     """
 
-    def __init__(self) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(IMAGES))
+    def __init__(self, directory: Path = IMAGES) -> None:
+        self.directory = directory
+        handler = functools.partial(_QuietHandler, directory=str(directory))
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -43,7 +44,7 @@ class DemoServer:
 
     @property
     def table(self) -> pd.DataFrame:
-        names = sorted(p.name for p in IMAGES.iterdir() if p.suffix in _SUFFIXES)
+        names = sorted(p.name for p in self.directory.iterdir() if p.suffix in _SUFFIXES)
         rows = [{"url": f"{self.url}/{n}", "caption": Path(n).stem.replace("_", " ")} for n in names]
         rows.append({"url": f"{self.url}/missing.jpg", "caption": "a URL that answers 404"})
         return pd.DataFrame(rows)

@@ -47,6 +47,8 @@ _RETRY_CURL = frozenset({
     pycurl.E_SEND_ERROR, pycurl.E_PARTIAL_FILE,
 })
 _PROTOCOLS = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+# libcurl >= 8.4 stops a body of unannounced length at MAXFILESIZE; older ones only check Content-Length.
+_CURL_CAPS_STREAMS = pycurl.version_info()[2] >= 0x080400
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,21 +138,23 @@ class _Transfer:
         self.body = io.BytesIO()
         self.headers = []
 
-    def header(self, line: bytes) -> None:
-        if line.startswith(b"HTTP/"):  # a new response (after a redirect or a 100): forget the last one's
-            self.headers.clear()
-        self.headers.append(line)
+    def final_headers(self) -> list[bytes]:
+        """Header lines of the last response (libcurl hands over those of every redirect hop too)."""
+        starts = [i for i, line in enumerate(self.headers) if line.startswith(b"HTTP/")]
+        return self.headers[starts[-1]:] if starts else self.headers
 
     def status_line(self) -> str:
         """``HTTP 404 Not Found`` from the final response's status line."""
-        if not self.headers:
+        headers = self.final_headers()
+        if not headers:
             return ""
-        _, _, rest = self.headers[0].decode("latin-1").strip().partition(" ")
+        _, _, rest = headers[0].decode("latin-1").strip().partition(" ")
         return f"HTTP {rest}"[:200]
 
     def header_values(self, name: bytes) -> list[str]:
         prefix = name.lower() + b":"
-        return [h[len(prefix):].strip().decode("latin-1") for h in self.headers if h[: len(prefix)].lower() == prefix]
+        return [h[len(prefix):].strip().decode("latin-1") for h in self.final_headers()
+                if h[: len(prefix)].lower() == prefix]
 
 
 class _Fetcher:
@@ -197,21 +201,14 @@ class _Fetcher:
         c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         c.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(o.timeout)))
         c.setopt(pycurl.MAXFILESIZE_LARGE, o.max_bytes)
-        c.setopt(pycurl.WRITEFUNCTION, self._writer(transfer))
-        c.setopt(pycurl.HEADERFUNCTION, transfer.header)
+        # Built-in methods as callbacks: no Python frame per header line or body chunk.
+        c.setopt(pycurl.HEADERFUNCTION, transfer.headers.append)
+        if _CURL_CAPS_STREAMS:
+            c.setopt(pycurl.WRITEDATA, transfer.body)
+        else:
+            c.setopt(pycurl.WRITEFUNCTION, _capped_writer(transfer.body, o.max_bytes))
         c.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket(transfer))
         self.multi.add_handle(c)
-
-    def _writer(self, transfer: _Transfer) -> Any:
-        cap, body = self.opts.max_bytes, transfer.body
-
-        def write(chunk: bytes) -> int | None:
-            if body.tell() + len(chunk) > cap:
-                return 0  # abort: libcurl reports a write error, recorded as too_large
-            body.write(chunk)
-            return None
-
-        return write
 
     def _finish(self, c: Any, t: _Transfer, errno: int, message: str) -> tuple[FetchResult, float | None]:
         """The attempt's result, and a wait in seconds if it should be retried (-1: the usual backoff)."""
@@ -292,6 +289,18 @@ class _Fetcher:
             elif waiting and not ready:
                 time.sleep(max(0.0, min(waiting[0][0] - time.monotonic(), 1.0)))
         return [r if r is not None else FetchResult("connection_error", "no result") for r in results]
+
+
+def _capped_writer(body: io.BytesIO, cap: int) -> Any:
+    """A body writer that aborts the transfer past ``cap`` bytes (for libcurl < 8.4)."""
+
+    def write(chunk: bytes) -> int | None:
+        if body.tell() + len(chunk) > cap:
+            return 0  # libcurl reports a write error, recorded as too_large
+        body.write(chunk)
+        return None
+
+    return write
 
 
 _local = threading.local()

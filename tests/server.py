@@ -17,6 +17,7 @@ Routes (query strings are ignored except where said):
 /noai/NAME           the image with X-Robots-Tag: noai
 /big                 Content-Length larger than any sane cap, no body
 /delay/NAME?ms=M     the image NAME after M milliseconds
+/endless             a body with no length that never ends (until the client hangs up)
 
 Every request is counted in ``hits`` (by path, without the query) and its User-Agent kept.
 """
@@ -24,6 +25,7 @@ Every request is counted in ``hits`` (by path, without the query) and its User-A
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.server
 import threading
 import time
@@ -127,6 +129,16 @@ class FaultServer:
             self.send(h, 500, b"oops")
         elif head == "big":
             self.send(h, 200, headers={"Content-Length": str(10 * 1024**3)})
+            h.close_connection = True
+        elif head == "endless":
+            h.send_response(200)
+            h.send_header("Content-Type", "image/jpeg")
+            h.send_header("Connection", "close")
+            h.end_headers()
+            block = b"\xff" * 65536
+            with contextlib.suppress(OSError):
+                for _ in range(100_000):  # bounded: 6.5 GB at most, the client hangs up long before
+                    h.wfile.write(block)
             h.close_connection = True
         elif head == "gone":
             self.send(h, 410)

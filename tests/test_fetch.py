@@ -61,6 +61,14 @@ def test_size_cap_refuses_without_reading(server: FaultServer) -> None:
     assert small.status == "too_large"
 
 
+def test_a_body_without_length_stops_at_the_cap(server: FaultServer) -> None:
+    t = time.monotonic()
+    result = fetch_one(server.url("/endless"), FetchOptions(allow_private_network=True, max_bytes=1_000_000))
+    assert result.status == "too_large"
+    assert result.data is None
+    assert time.monotonic() - t < 5
+
+
 def test_a_silent_server_costs_at_most_the_deadline(server: FaultServer) -> None:
     t = time.monotonic()
     result = fetch_one(server.url("/slow"), FetchOptions(allow_private_network=True, timeout=0.5, deadline=1.5,
