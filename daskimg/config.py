@@ -56,9 +56,9 @@ class FetchOptions:
     max_redirects
         Redirects followed before giving up.
     concurrency
-        Requests in flight per worker process.
+        Transfers in flight per fetch task (a worker runs one fetch task per thread at most).
     per_host
-        Connections open to one host per worker process (politeness).
+        Connections open to one host per fetch task (politeness).
     allow_private_network
         Allow loopback and private addresses (link-local stays refused).
     respect_noai

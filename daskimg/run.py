@@ -100,9 +100,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--retries", type=int, default=_F.retries,
                    help=f"retries after connection errors, 429 and 5xx (default {_F.retries})")
     g.add_argument("--concurrency", type=int, default=_F.concurrency,
-                   help=f"requests in flight per worker process (default {_F.concurrency})")
+                   help=f"transfers in flight per fetch task; a worker runs one per thread (default {_F.concurrency})")
     g.add_argument("--per-host", type=int, default=_F.per_host,
-                   help=f"connections to one host per worker process (default {_F.per_host})")
+                   help=f"connections to one host per fetch task (politeness; default {_F.per_host})")
     g.add_argument("--allow-private-network", action="store_true",
                    help="allow loopback and private addresses (link-local, e.g. 169.254.169.254, stays refused)")
     g.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai/noimageai")
