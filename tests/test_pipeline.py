@@ -167,3 +167,25 @@ def test_float32_channels_first_output(tmp_path: Path, server: FaultServer, clie
     assert arr.metadata.dimension_names == ("image", "channel", "y", "x")
     assert 0 < float(arr[0].max()) <= 1.0
     assert float(np.abs(arr[1]).max()) == 0.0
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", "none"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_chunks_written_directly_read_back_through_zarr(tmp_path: Path, compression: str, dtype: str) -> None:
+    # Whole chunks are encoded by daskimg and stored under zarr's key; zarr must read them as its own.
+    from daskimg.batch import ImagePartition
+    from daskimg.store import prepare_output
+
+    rng = np.random.default_rng(0)
+    out = prepare_output(str(tmp_path / "o.zarr"), format="zarr", n_rows=10, chunk=4, shape=(6, 5, 3), dtype=dtype,
+                         dim_names=("y", "x", "channel"), compression=compression, settings={}, overwrite=False)
+    parts = []
+    for start in (0, 4, 8):  # two whole chunks and a short last one (written through zarr)
+        n = min(4, 10 - start)
+        pixels = (rng.random((n, 6, 5, 3)) * 255).astype(dtype)
+        meta = pd.DataFrame({"index": range(start, start + n), "url": ["u"] * n, "status": ["ok"] * n})
+        parts.append(pixels)
+        out.write(ImagePartition(start, pixels, np.ones(n, bool), meta))
+    stored = zarr.open_array(str(tmp_path / "o.zarr"), path="images", mode="r")
+    np.testing.assert_array_equal(stored[:], np.concatenate(parts))
+    assert out.done_chunks() == {0, 1, 2}
