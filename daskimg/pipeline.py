@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +147,7 @@ class Job:
         threads_per_worker: int = 2,
         dashboard_address: str | None = ":8787",
         progress: bool = True,
-        on_client: Any = None,
+        on_client: Callable[[Client], None] | None = None,
     ) -> Summary:
         """Run the job: fetch, preprocess and write every chunk not yet done.
 
@@ -155,6 +155,8 @@ class Job:
         local cluster started (and closed) for this run. Chunks already done in an
         existing output with the same settings are skipped. Returns a :class:`Summary`;
         chunks that could not be written are listed in ``Summary.failed_chunks``.
+        ``on_client`` is called with the client once it is connected (the CLI prints the
+        dashboard link from there).
         """
         if threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
@@ -180,7 +182,8 @@ class Job:
                 try:
                     for future in as_completed(futures):
                         if future.status == "error":
-                            failed[keys[future.key]] = f"{type(future.exception()).__name__}: {future.exception()}"
+                            error = future.exception()
+                            failed[keys[future.key]] = f"{type(error).__name__}: {error}"
                             continue
                         report: ChunkReport = future.result()
                         processed += report.rows

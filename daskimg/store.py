@@ -298,7 +298,8 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
     Returns
     -------
     images : dask.array.Array
-        ``(N, H, W, 3)`` (or channels-first), chunked like the output.
+        ``(N, H, W, 3)`` (or channels-first), chunked like the output; rows of chunks not
+        written yet are zeros, as are failed rows.
     meta : pandas.DataFrame
         One row per input row that has been written, sorted by ``index``.
     """
@@ -307,10 +308,7 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
     fs, root = fsspec.core.url_to_fs(path)
     root = root.rstrip("/")
     if fs.exists(f"{root}/{_NPY_SETTINGS}"):
-        files = sorted(p for p in fs.ls(f"{root}/images", detail=False) if p.endswith(".npy"))
-        if not files:
-            raise OutputError(f"{path} holds no written chunk yet")
-        images = da.concatenate([da.from_array(_load_npy(fs, p), chunks=-1) for p in files])
+        images = _npy_images(fs, root, json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))["settings"])
     else:
         try:
             images = da.from_zarr(zarr.open_array(path, path="images", mode="r"))
@@ -318,6 +316,23 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
             raise OutputError(f"{path} is not a daskimg output") from None
     meta = pd.read_parquet(f"{root}/metadata", filesystem=fs).sort_values("index", ignore_index=True)
     return images, meta
+
+
+def _npy_images(fs: fsspec.AbstractFileSystem, root: str, settings: dict[str, Any]) -> Any:
+    """The npy chunks as one Dask array; chunks not written yet read as zeros, as in zarr."""
+    import dask.array as da
+
+    rows, chunk, prep = settings["rows"], settings["chunk"], settings["preprocess"]
+    shape = (3, prep["height"], prep["width"]) if prep["channels_first"] else (prep["height"], prep["width"], 3)
+    blocks = []
+    for k in range(-(-rows // chunk)):
+        file = f"{root}/images/{k:08d}.npy"
+        n = min(chunk, rows - k * chunk)
+        if fs.exists(f"{root}/metadata/_done/{k:08d}"):
+            blocks.append(da.from_array(_load_npy(fs, file), chunks=-1))
+        else:
+            blocks.append(da.zeros((n, *shape), dtype=prep["dtype"], chunks=-1))
+    return da.concatenate(blocks)
 
 
 def _load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:

@@ -189,3 +189,17 @@ def test_chunks_written_directly_read_back_through_zarr(tmp_path: Path, compress
     stored = zarr.open_array(str(tmp_path / "o.zarr"), path="images", mode="r")
     np.testing.assert_array_equal(stored[:], np.concatenate(parts))
     assert out.done_chunks() == {0, 1, 2}
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_a_partial_output_keeps_rows_in_place(tmp_path: Path, server: FaultServer, client: Client, fmt: str) -> None:
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?partial-open={i}") for i in range(20)]
+    j = job(urls, chunk=8)
+    output = j.prepare(str(tmp_path / "out"), format=fmt)  # type: ignore[arg-type]
+    client.compute(j.graph(output, [2]), sync=True)  # only the last chunk: rows 16..19
+    images, meta = daskimg.open(str(tmp_path / "out"))
+    assert images.shape == (20, 32, 32, 3)
+    pixels = images.compute()
+    assert (pixels[:16] == 0).all()
+    assert (pixels[16:].reshape(4, -1).max(axis=1) > 0).all()
+    assert meta["index"].tolist() == [16, 17, 18, 19]
