@@ -244,6 +244,16 @@ class _Fetcher:
         return FetchResult(kind, message, code), -1.0 if errno in _RETRY_CURL else None
 
     def run(self, urls: list[object]) -> list[FetchResult]:
+        """One result per URL, in order. Transfers never outlive the call, even when it fails."""
+        try:
+            return self._run(urls)
+        finally:
+            for c in self.busy:  # only after an error: nothing may answer into the next batch
+                self.multi.remove_handle(c)
+                c.close()
+            self.busy.clear()
+
+    def _run(self, urls: list[object]) -> list[FetchResult]:
         o = self.opts
         results: list[FetchResult | None] = [None] * len(urls)
         start = time.monotonic()

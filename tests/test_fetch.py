@@ -127,3 +127,22 @@ def test_failed_responses_give_their_connection_back(server: FaultServer) -> Non
     for path in ["/missing", "/html", "/error500", "/loop", "/big", "/gone"]:
         fetch_one(server.url(path), tight)
     assert fetch_one(server.url("/img/photo.jpg"), tight).status == "ok"
+
+
+def test_a_batch_that_fails_leaves_nothing_for_the_next(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import daskimg.fetch
+
+    real = daskimg.fetch._Fetcher._finish
+    calls = iter(range(1000))
+
+    def failing_once(self, c, t, errno, message):  # type: ignore[no-untyped-def]
+        if next(calls) == 0:
+            raise RuntimeError("a bug while a batch is in flight")
+        return real(self, c, t, errno, message)
+
+    monkeypatch.setattr(daskimg.fetch._Fetcher, "_finish", failing_once)
+    urls = [server.url(f"/delay/photo.jpg?ms=100&leftover={i}") for i in range(8)]
+    with pytest.raises(RuntimeError):
+        fetch_batch(urls, LOCAL)
+    after = fetch_batch([server.url("/missing"), server.url("/img/photo.jpg")], LOCAL)
+    assert [r.status for r in after] == ["http_error", "ok"]
