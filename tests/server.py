@@ -18,6 +18,12 @@ Routes (query strings are ignored except where said):
 /big                 Content-Length larger than any sane cap, no body
 /delay/NAME?ms=M     the image NAME after M milliseconds
 /endless             a body with no length that never ends (until the client hangs up)
+/drip                Content-Length 1000, then one byte every half second
+/short               Content-Length 10000, 100 bytes, then the connection closes
+/reset               the connection is reset (RST) instead of an answer
+/gzip-bomb           1 GiB of zeros as Content-Encoding: gzip (about 1 MiB on the wire)
+/encodings           Content-Encoding: gzip, br, gzip over a few bytes
+/r429?after=V&key=K  429 with Retry-After: V the first time per key K, then the image photo.jpg
 
 Every request is counted in ``hits`` (by path, without the query) and its User-Agent kept.
 """
@@ -26,10 +32,23 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import gzip
 import http.server
+import socket
+import struct
 import threading
 import time
+import zlib
 from urllib.parse import parse_qs, urlsplit
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzip-compressed (about 1 MiB), built once."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container
+    zeros = bytes(1 << 20)
+    return b"".join(packer.compress(zeros) for _ in range(1024)) + packer.flush()
 
 
 class FaultServer:
@@ -140,6 +159,38 @@ class FaultServer:
                 for _ in range(100_000):  # bounded: 6.5 GB at most, the client hangs up long before
                     h.wfile.write(block)
             h.close_connection = True
+        elif head == "drip":
+            h.send_response(200)
+            h.send_header("Content-Length", "1000")
+            h.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(1000):
+                    h.wfile.write(b"x")
+                    h.wfile.flush()
+                    time.sleep(0.5)
+            h.close_connection = True
+        elif head == "short":
+            h.send_response(200)
+            h.send_header("Content-Length", "10000")
+            h.end_headers()
+            h.wfile.write(b"x" * 100)
+            h.close_connection = True
+        elif head == "reset":
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.close_connection = True
+        elif head == "gzip-bomb":
+            self.send(h, 200, gzip_bomb(), headers={"Content-Encoding": "gzip"}, ctype="image/jpeg")
+        elif head == "encodings":
+            self.send(h, 200, gzip.compress(b"not an image" * 100), headers={"Content-Encoding": "gzip, br, gzip"})
+        elif head == "r429":
+            key = query.get("key", ["r429"])[0]
+            with self.lock:
+                self._flaky[key] += 1
+                n = self._flaky[key]
+            if n == 1:
+                self.send(h, 429, b"slow down", headers={"Retry-After": query.get("after", ["0"])[0]})
+            else:
+                self.send(h, 200, self.images["photo.jpg"])
         elif head == "gone":
             self.send(h, 410)
         elif head == "forbidden":
