@@ -26,6 +26,7 @@ from .errors import InputError
 __all__ = ["INPUT_FORMATS", "Source", "read_source"]
 
 INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
+BLOCKSIZE = 64 * 2**20  # bytes of an uncompressed text table per input partition
 _SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -73,15 +74,18 @@ def _expand(path: str) -> list[str]:
 
 def _read(files: list[str], fmt: str, url_col: str) -> Any:
     compression = "gzip" if files[0].endswith(".gz") else None
+    # Text files are split into byte blocks (lines stay whole), so one huge file is not one huge
+    # partition; gzip streams cannot be split, so a .gz file is read whole by one task.
+    blocksize = None if compression else BLOCKSIZE
     if fmt == "txt":
-        lines = db.read_text(files, compression=compression or "infer", blocksize=None)
+        lines = db.read_text(files, compression=compression or "infer", blocksize=blocksize)
         return lines.map(lambda line: {url_col: line.rstrip("\r\n")}).to_dataframe(meta={url_col: "object"})
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
-        return dd.read_csv(files, sep=sep, blocksize=None, compression=compression, dtype={url_col: "object"},
+        return dd.read_csv(files, sep=sep, blocksize=blocksize, compression=compression, dtype={url_col: "object"},
                            keep_default_na=False, na_values=[])
     if fmt == "jsonl":
-        return dd.read_json(files, lines=True, blocksize=None, compression=compression or "infer", dtype=False)
+        return dd.read_json(files, lines=True, blocksize=blocksize, compression=compression or "infer", dtype=False)
     return dd.read_parquet(files)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import daskimg.sources
 from daskimg.errors import InputError
 from daskimg.sources import read_source
 
@@ -28,6 +29,17 @@ def test_every_format_gives_the_same_rows_in_aligned_chunks(tmp_path: Path, fmt:
     assert rows["url"].tolist() == URLS
     if fmt != "txt":
         assert rows["caption"].tolist() == TABLE["caption"].tolist()
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "jsonl"])
+def test_large_text_tables_are_read_in_blocks_that_keep_row_order(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daskimg.sources, "BLOCKSIZE", 4096)  # ~100 rows a block instead of 64 MiB
+    source = read_source(write_table(tmp_path, fmt, TABLE), chunk=256)
+    rows = source.frame.compute()
+    assert rows.index.tolist() == list(range(700))
+    assert rows["url"].tolist() == URLS
 
 
 def test_in_memory_tables(tmp_path: Path) -> None:
