@@ -128,6 +128,7 @@ class _Transfer:
     index: int
     url: str
     deadline: float
+    host: str = ""
     attempt: int = 0
     blocked: str | None = None
     body: io.BytesIO = field(default_factory=io.BytesIO)
@@ -167,6 +168,7 @@ class _Fetcher:
         self.multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, opts.concurrency)
         self.idle: list[Any] = []  # easy handles between transfers
         self.busy: dict[Any, _Transfer] = {}  # easy handle -> its transfer
+        self.paused: dict[str, float] = {}  # host -> monotonic time before which it gets no request
 
     def _open_socket(self, transfer: _Transfer) -> Any:
         allow = self.opts.allow_private_network
@@ -263,7 +265,7 @@ class _Fetcher:
             if refusal:
                 results[i] = FetchResult("invalid_url", refusal)
             else:
-                ready.append(_Transfer(i, str(url), start + o.deadline))
+                ready.append(_Transfer(i, str(url), start + o.deadline, urlsplit(str(url).strip()).netloc.lower()))
         ready.reverse()  # pop() from the end keeps input order
         waiting: list[tuple[float, int, _Transfer]] = []  # (when, index, transfer): retries after backoff
         active = 0
@@ -272,7 +274,16 @@ class _Fetcher:
             while waiting and waiting[0][0] <= now:
                 ready.append(heapq.heappop(waiting)[2])
             while ready and active < o.concurrency:
-                self._start(ready.pop())
+                t = ready.pop()
+                resume = self.paused.get(t.host, 0.0)
+                if resume > now:  # the host asked us to slow down: wait without spending an attempt
+                    if resume >= t.deadline:
+                        results[t.index] = FetchResult("timeout", "deadline reached while the host asked to wait "
+                                                       "(429 / Retry-After)")
+                    else:
+                        heapq.heappush(waiting, (resume, t.index, t))
+                    continue
+                self._start(t)
                 active += 1
             while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                 pass
@@ -284,6 +295,10 @@ class _Fetcher:
                     t = self.busy.pop(c)
                     result, wait = self._finish(c, t, errno, message)
                     self.idle.append(c)
+                    if result.http_status == 429 or (result.http_status == 503 and wait is not None and wait >= 0):
+                        # Retry-After (or a 429 without it) speaks for the whole host, not just this URL.
+                        pause = wait if wait is not None and wait >= 0 else o.backoff
+                        self.paused[t.host] = max(self.paused.get(t.host, 0.0), time.monotonic() + pause)
                     if wait is not None and t.attempt < o.retries:
                         t.attempt += 1
                         if wait < 0:

@@ -57,6 +57,7 @@ class FaultServer:
         self.slow_seconds = slow_seconds
         self.hits: collections.Counter[str] = collections.Counter()
         self.user_agents: set[str] = set()
+        self.log: list[tuple[float, str]] = []  # (monotonic time, path with query) of every request
         self.lock = threading.Lock()
         self._flaky: collections.Counter[str] = collections.Counter()
         server = self
@@ -72,6 +73,7 @@ class FaultServer:
                 with server.lock:
                     server.hits[parts.path] += 1
                     server.user_agents.add(self.headers.get("User-Agent", ""))
+                    server.log.append((time.monotonic(), self.path))
                 server.route(self, parts.path, parse_qs(parts.query))
 
         class Server(http.server.ThreadingHTTPServer):

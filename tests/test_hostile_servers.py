@@ -10,7 +10,7 @@ import pytest
 
 from daskimg.config import FetchOptions, PreprocessOptions
 from daskimg.decode import DecodeError, decode
-from daskimg.fetch import fetch_one
+from daskimg.fetch import fetch_batch, fetch_one
 
 from .server import FaultServer, gzip_bomb
 
@@ -73,3 +73,16 @@ def test_429_honours_retry_after_with_a_cap(server: FaultServer, after: str, wai
     assert result.status == "ok"
     assert seconds >= waits * 0.9
     assert seconds < 2.5  # an hour's Retry-After is capped at max_retry_after
+
+
+def test_retry_after_pauses_that_host_only(server: FaultServer) -> None:
+    key = f"host-pause-{time.monotonic()}"
+    urls = [server.url(f"/r429?after=1&key={key}"), server.url(f"/img/photo.jpg?{key}=same-host"),
+            f"http://localhost:{server.port}/img/photo.jpg?{key}=other-host"]
+    opts = FetchOptions(allow_private_network=True, concurrency=1, deadline=5.0, max_retry_after=2.0)
+    results = fetch_batch(urls, opts)
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    sent = {path: t for t, path in server.log if key in path}
+    told = min(t for t, path in server.log if key in path and path.startswith("/r429"))  # the 429 itself
+    assert sent[f"/img/photo.jpg?{key}=same-host"] - told >= 0.9  # waited for the host's Retry-After
+    assert sent[f"/img/photo.jpg?{key}=other-host"] - told < 0.5  # another host did not wait
