@@ -85,6 +85,10 @@ def url_refusal(url: object) -> str | None:
         return "empty or missing URL"
     if len(url) > _MAX_URL:
         return f"URL longer than {_MAX_URL} characters"
+    if "\ufffd" in url:
+        return "not valid UTF-8 in the input table"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url.strip()):
+        return "URL contains control characters"
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname
@@ -265,7 +269,8 @@ class _Fetcher:
             if refusal:
                 results[i] = FetchResult("invalid_url", refusal)
             else:
-                ready.append(_Transfer(i, str(url), start + o.deadline, urlsplit(str(url).strip()).netloc.lower()))
+                clean = str(url).strip().replace(" ", "%20")  # as browsers do; scraped lists have raw spaces
+                ready.append(_Transfer(i, clean, start + o.deadline, urlsplit(clean).netloc.lower()))
         ready.reverse()  # pop() from the end keeps input order
         waiting: list[tuple[float, int, _Transfer]] = []  # (when, index, transfer): retries after backoff
         active = 0

@@ -78,14 +78,16 @@ def _read(files: list[str], fmt: str, url_col: str) -> Any:
     # partition; gzip streams cannot be split, so a .gz file is read whole by one task.
     blocksize = None if compression else BLOCKSIZE
     if fmt == "txt":
-        lines = db.read_text(files, compression=compression or "infer", blocksize=blocksize)
+        # errors="replace": a byte that is not UTF-8 spoils its own row (recorded as invalid), not the run.
+        lines = db.read_text(files, compression=compression or "infer", blocksize=blocksize, errors="replace")
         return lines.map(lambda line: {url_col: line.rstrip("\r\n")}).to_dataframe(meta={url_col: "object"})
     if fmt in ("csv", "tsv"):
         sep = "," if fmt == "csv" else "\t"
         return dd.read_csv(files, sep=sep, blocksize=blocksize, compression=compression, dtype={url_col: "object"},
-                           keep_default_na=False, na_values=[])
+                           keep_default_na=False, na_values=[], encoding_errors="replace")
     if fmt == "jsonl":
-        return dd.read_json(files, lines=True, blocksize=blocksize, compression=compression or "infer", dtype=False)
+        return dd.read_json(files, lines=True, blocksize=blocksize, compression=compression or "infer", dtype=False,
+                            errors="replace")
     return dd.read_parquet(files)
 
 

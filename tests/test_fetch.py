@@ -109,10 +109,16 @@ def test_link_local_stays_refused_even_when_private_is_allowed() -> None:
 
 @pytest.mark.parametrize(
     "url", ["", "not a url", "file:///etc/passwd", "ftp://example.com/a.jpg", "javascript:alert(1)",
-            "http://" + "a" * 9000 + ".com/"],
+            "http://" + "a" * 9000 + ".com/", "http://example.com/a\x00.jpg", "http://example.com/\ufffd.jpg"],
 )
 def test_invalid_urls_are_recorded(url: str) -> None:
     assert fetch_one(url, LOCAL).status == "invalid_url"
+
+
+def test_spaces_in_a_url_are_encoded_as_browsers_do(server: FaultServer) -> None:
+    result = fetch_one(server.url("/img/photo.jpg?caption=a cat "), LOCAL)
+    assert result.status == "ok"
+    assert any(path.endswith("caption=a%20cat") for _, path in server.log)
 
 
 def test_a_batch_keeps_input_order(server: FaultServer) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import daskimg.sources
 from daskimg.errors import InputError
+from daskimg.fetch import url_refusal
 from daskimg.sources import read_source
 
 from .tables import write_table
@@ -40,6 +41,23 @@ def test_large_text_tables_are_read_in_blocks_that_keep_row_order(
     rows = source.frame.compute()
     assert rows.index.tolist() == list(range(700))
     assert rows["url"].tolist() == URLS
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
+def test_a_row_that_is_not_utf8_stays_a_row(tmp_path: Path, fmt: str) -> None:
+    good = b"http://example.com/a.jpg"
+    bad = b"http://example.com/\xff\xfe.jpg"
+    if fmt == "txt":
+        data = b"\n".join([good, bad, good]) + b"\n"
+    elif fmt == "csv":
+        data = b"url\n" + b"\n".join([good, bad, good]) + b"\n"
+    else:
+        data = b"".join(b'{"url": "' + u + b'"}\n' for u in [good, bad, good])
+    (tmp_path / f"u.{fmt}").write_bytes(data)
+    rows = read_source(str(tmp_path / f"u.{fmt}")).frame.compute()
+    assert len(rows) == 3
+    assert rows["url"].iloc[0] == rows["url"].iloc[2] == good.decode()
+    assert url_refusal(rows["url"].iloc[1]) == "not valid UTF-8 in the input table"
 
 
 def test_in_memory_tables(tmp_path: Path) -> None:
