@@ -1,0 +1,69 @@
+"""Files that try to hurt the decoder: each gives an array or a recorded status, quickly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daskimg.config import PreprocessOptions
+from daskimg.decode import DecodeError, decode
+from daskimg.transform import fit, to_array
+
+from .conftest import photo
+
+OPTS = PreprocessOptions(height=64, width=64)
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose IHDR announces width x height, followed by a tiny IDAT: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def test_a_60000_square_png_is_refused_before_allocating() -> None:
+    start = time.monotonic()
+    with pytest.raises(DecodeError) as info:
+        decode(png_header_claiming(60000, 60000), OPTS)
+    assert info.value.status == "too_many_pixels"
+    assert time.monotonic() - start < 1
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow says so, once per process
+def test_malformed_exif_keeps_the_image_unrotated() -> None:
+    buf = io.BytesIO()
+    photo("cat.jpg").save(buf, "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03garbage")
+    decoded = decode(buf.getvalue(), OPTS)
+    assert decoded.image.size[0] > decoded.image.size[1]  # the landscape photo stays landscape
+
+
+def test_a_gif_with_thousands_of_frames_gives_its_first_frame_quickly() -> None:
+    frames = [Image.new("P", (8, 8), i % 200) for i in range(3000)]
+    frames[0] = Image.new("RGB", (8, 8), (255, 0, 0)).convert("P")
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=10)
+    start = time.monotonic()
+    out = to_array(fit(decode(buf.getvalue(), OPTS).image, OPTS), OPTS)
+    assert time.monotonic() - start < 1
+    assert np.allclose(out.reshape(-1, 3).mean(axis=0), (255, 0, 0), atol=3)
+
+
+@pytest.mark.parametrize("mode", ["center_crop", "pad", "stretch"])
+@pytest.mark.parametrize(("w", "h"), [(1, 20000), (20000, 1)])
+def test_extreme_aspect_ratios_follow_the_resize_policy(mode: str, w: int, h: int) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (0, 128, 255)).save(buf, "PNG")
+    opts = PreprocessOptions(height=64, width=64, mode=mode)  # type: ignore[arg-type]
+    out = to_array(fit(decode(buf.getvalue(), opts).image, opts), opts)
+    assert out.shape == (64, 64, 3)
+    assert (out == (0, 128, 255)).all(axis=-1).any()
