@@ -203,3 +203,38 @@ def test_a_partial_output_keeps_rows_in_place(tmp_path: Path, server: FaultServe
     assert (pixels[:16] == 0).all()
     assert (pixels[16:].reshape(4, -1).max(axis=1) > 0).all()
     assert meta["index"].tolist() == [16, 17, 18, 19]
+
+
+def test_a_write_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
+    tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import LocalCluster
+
+    from daskimg.store import Output
+
+    real_put = Output._put
+
+    def disk_full_for_chunk_1(self: Output, relpath: str, data: bytes) -> None:
+        if relpath == "metadata/part-00000001.parquet":
+            raise OSError(28, "No space left on device")
+        real_put(self, relpath, data)
+
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?disk-full={i}") for i in range(20)]
+    out = str(tmp_path / "out.zarr")
+    # Threads in this process, so the simulated full disk reaches the writer.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as threads:
+        monkeypatch.setattr(Output, "_put", disk_full_for_chunk_1)
+        first = job(urls, chunk=8).to_zarr(out, client=threads, progress=False)
+        assert not first.complete
+        assert set(first.failed_chunks) == {1}
+        assert "No space left on device" in first.failed_chunks[1]
+        assert "NOT written" in str(first)
+        monkeypatch.setattr(Output, "_put", real_put)
+        hits = sum(server.hits.values())
+        second = job(urls, chunk=8).to_zarr(out, client=threads, progress=False)
+    assert second.complete
+    assert second.processed == 8  # only the chunk that was not done
+    assert sum(server.hits.values()) - hits == 8
+    _, meta = daskimg.open(out)
+    assert meta["index"].tolist() == list(range(20))
