@@ -16,6 +16,7 @@ name and renamed, so a killed run never leaves a chunk marked done that is incom
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -73,6 +74,7 @@ class Output:
     format: OutputFormat
     chunk: int
     n_rows: int
+    id: str = ""  # made anew each time the output is created: tells a reopened output from a replaced one
 
     @functools.cached_property
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -112,7 +114,7 @@ class Output:
         if part.start % self.chunk or len(part.images) != min(self.chunk, self.n_rows - part.start):
             raise OutputError(f"partition at row {part.start} is not aligned with chunk {k}")
         if self.format == "zarr":
-            images, ok = _open_arrays(self.path)
+            images, ok = _open_arrays(self.path, self.id)
             stop = part.start + len(part.images)
             encode = _chunk_encoder(images)
             if encode is not None and len(part.images) == self.chunk:
@@ -160,8 +162,9 @@ class Output:
 
 
 @functools.lru_cache(maxsize=8)
-def _open_arrays(path: str) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
-    """The output's two arrays, opened once per worker process.
+def _open_arrays(path: str, output_id: str) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
+    """The output's two arrays, opened once per worker process and output (an overwritten output
+    at the same path has a new id, so its new shape and dtype are read again).
 
     ``write_empty_chunks``: every chunk is written whole, so zarr's check for an all-zero chunk
     (a full comparison of megabytes of pixels) is pure cost.
@@ -260,20 +263,32 @@ def prepare_output(
         if previous is None:
             raise OutputError(f"{path} exists and is not a daskimg output; choose another output path")
         if previous.get("settings") == settings and not overwrite:
-            return out
+            return dataclasses.replace(out, id=str(previous.get("id", "")))
         if not overwrite:
             changed = sorted(k for k in settings.keys() | previous.get("settings", {}).keys()
                              if settings.get(k) != previous.get("settings", {}).get(k))
             raise OutputError(f"{path} was made with other settings ({', '.join(changed)} differ); "
                               "pass --overwrite to replace it, or choose another output")
         fs.rm(root, recursive=True)
-    try:
-        _create(out, shape, dtype, dim_names, compression)
-        from . import __version__
+    from . import __version__
 
-        out.write_settings({"version": __version__, "settings": settings, "counts": {}})
+    # Locally the output is built under a temporary name and renamed into place, so a run killed
+    # while creating it never leaves a half-made output that the next run would refuse.
+    out = dataclasses.replace(out, id=uuid.uuid4().hex)
+    local = isinstance(fs, LocalFileSystem)
+    staged = dataclasses.replace(out, path=f"{root}.daskimg-{out.id}.tmp") if local else out
+    try:
+        _create(staged, shape, dtype, dim_names, compression)
+        staged.write_settings({"version": __version__, "id": out.id, "settings": settings, "counts": {}})
+        if local:
+            if fs.exists(root):  # an empty directory made by the user: the output takes its place
+                fs.rmdir(root)
+            fs.mv(staged.path, root, recursive=True)
     except OSError as e:
         raise OutputError(f"cannot create {path}: {e}") from None
+    finally:
+        if local and fs.exists(staged.path):
+            fs.rm(staged.path, recursive=True)
     return out
 
 

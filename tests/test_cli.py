@@ -186,3 +186,42 @@ def test_ctrl_c_stops_promptly_and_the_same_command_finishes_the_job(
                    .preprocess(size=32).to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False))
     assert undisturbed.complete
     np.testing.assert_array_equal(images.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomplete(
+    tmp_path: Path, server: FaultServer, client: Client, seed: int
+) -> None:
+    import random
+
+    import pyarrow.parquet as pq
+    import zarr
+
+    rng = random.Random(seed)
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=40&kill={seed}-{i}\n") for i in range(120)))
+    out = tmp_path / "out.zarr"
+    cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", "24", "--chunk", "8",
+           "--concurrency", "4", "--allow-private-network", *QUIET]
+    for _ in range(3):
+        run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(1.5, 5.0))  # somewhere between start-up and the end of the run
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(30)
+        if not (out / "metadata" / "_done").exists():
+            continue
+        images = zarr.open_array(str(out), path="images", mode="r")
+        for name in os.listdir(out / "metadata" / "_done"):
+            k = int(name)
+            part = pq.read_table(out / "metadata" / f"part-{k:08d}.parquet")
+            assert part.column("index").to_pylist() == list(range(8 * k, min(8 * k + 8, 120)))
+            assert images[8 * k : 8 * k + 8].shape == (min(8, 120 - 8 * k), 24, 24, 3)  # the chunk decodes
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert finished.returncode == 0, finished.stderr
+    result, meta = daskimg.open(str(out))
+    assert (meta["status"] == "ok").all()
+    assert meta["index"].tolist() == list(range(120))
+    reference = (daskimg.read_urls(str(urls), chunk=8).fetch(allow_private_network=True)
+                 .preprocess(size=24).to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False))
+    assert reference.complete
+    np.testing.assert_array_equal(result.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())

@@ -238,3 +238,21 @@ def test_a_write_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
     assert sum(server.hits.values()) - hits == 8
     _, meta = daskimg.open(out)
     assert meta["index"].tolist() == list(range(20))
+
+
+def test_overwriting_with_another_shape_on_the_same_cluster(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    # Workers keep outputs open between runs; a replaced output must be opened afresh.
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?reshape={i}") for i in range(12)]
+    out = str(tmp_path / "out.zarr")
+    job(urls, chunk=8).to_zarr(out, client=client, progress=False)
+    again = job(urls, chunk=8).preprocess(size=20, dtype="float32").to_zarr(out, client=client, progress=False,
+                                                                           overwrite=True)
+    assert again.complete
+    images, _ = daskimg.open(out)
+    assert images.shape == (12, 20, 20, 3)
+    assert images.dtype == np.float32
+    pixels = images.compute()
+    assert 0 < float(pixels.max()) <= 1.0
+    assert (pixels.reshape(12, -1).max(axis=1) > 0).all()
