@@ -114,9 +114,8 @@ class Output:
         if part.start % self.chunk or len(part.images) != min(self.chunk, self.n_rows - part.start):
             raise OutputError(f"partition at row {part.start} is not aligned with chunk {k}")
         if self.format == "zarr":
-            images, ok = _open_arrays(self.path, self.id)
+            images, ok, encode = _open_arrays(self.path, self.id)
             stop = part.start + len(part.images)
-            encode = _chunk_encoder(images)
             if encode is not None and len(part.images) == self.chunk:
                 self._put(f"images/{images.metadata.encode_chunk_key((k,) + (0,) * (images.ndim - 1))}",
                           encode(part.images))
@@ -162,16 +161,19 @@ class Output:
 
 
 @functools.lru_cache(maxsize=8)
-def _open_arrays(path: str, output_id: str) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
-    """The output's two arrays, opened once per worker process and output (an overwritten output
-    at the same path has a new id, so its new shape and dtype are read again).
+def _open_arrays(
+    path: str, output_id: str
+) -> tuple[zarr.Array[Any], zarr.Array[Any], Callable[[np.ndarray], bytes] | None]:
+    """The output's two arrays and the images' chunk encoder, made once per worker process and
+    output (an overwritten output at the same path has a new id, so its new shape and dtype are
+    read again).
 
     ``write_empty_chunks``: every chunk is written whole, so zarr's check for an all-zero chunk
     (a full comparison of megabytes of pixels) is pure cost.
     """
     config = {"write_empty_chunks": True}
-    return (zarr.open_array(path, path="images", mode="r+", config=config),
-            zarr.open_array(path, path="ok", mode="r+", config=config))
+    images = zarr.open_array(path, path="images", mode="r+", config=config)
+    return images, zarr.open_array(path, path="ok", mode="r+", config=config), _chunk_encoder(images)
 
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
@@ -323,7 +325,8 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
     fs, root = fsspec.core.url_to_fs(path)
     root = root.rstrip("/")
     if fs.exists(f"{root}/{_NPY_SETTINGS}"):
-        images = _npy_images(fs, root, json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))["settings"])
+        settings = json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))["settings"]
+        images = _npy_images(Output(path, "npy", settings["chunk"], settings["rows"]), settings)
     else:
         try:
             images = da.from_zarr(zarr.open_array(path, path="images", mode="r"))
@@ -333,20 +336,22 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
     return images, meta
 
 
-def _npy_images(fs: fsspec.AbstractFileSystem, root: str, settings: dict[str, Any]) -> Any:
+def _npy_images(out: Output, settings: dict[str, Any]) -> Any:
     """The npy chunks as one Dask array; chunks not written yet read as zeros, as in zarr."""
     import dask.array as da
 
-    rows, chunk, prep = settings["rows"], settings["chunk"], settings["preprocess"]
-    shape = (3, prep["height"], prep["width"]) if prep["channels_first"] else (prep["height"], prep["width"], 3)
+    from .config import PreprocessOptions
+
+    prep = PreprocessOptions(**settings["preprocess"])
+    fs, root = out._fs
+    done = out.done_chunks()
     blocks = []
-    for k in range(-(-rows // chunk)):
-        file = f"{root}/images/{k:08d}.npy"
-        n = min(chunk, rows - k * chunk)
-        if fs.exists(f"{root}/metadata/_done/{k:08d}"):
-            blocks.append(da.from_array(_load_npy(fs, file), chunks=-1))
+    for k in range(-(-out.n_rows // out.chunk)):
+        if k in done:
+            blocks.append(da.from_array(_load_npy(fs, f"{root}/images/{k:08d}.npy"), chunks=-1))
         else:
-            blocks.append(da.zeros((n, *shape), dtype=prep["dtype"], chunks=-1))
+            rows = min(out.chunk, out.n_rows - k * out.chunk)
+            blocks.append(da.zeros((rows, *prep.shape), dtype=prep.dtype, chunks=-1))
     return da.concatenate(blocks)
 
 
