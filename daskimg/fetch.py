@@ -216,38 +216,57 @@ class _Fetcher:
         c.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket(transfer))
         self.multi.add_handle(c)
 
-    def _finish(self, c: Any, t: _Transfer, errno: int, message: str) -> tuple[FetchResult, float | None]:
-        """The attempt's result, and a wait in seconds if it should be retried (-1: the usual backoff)."""
+    def _finish(self, c: Any, t: _Transfer, errno: int, message: str) -> FetchResult:
+        """What one attempt came to."""
         code = int(c.getinfo(pycurl.RESPONSE_CODE)) or None
         redirected = int(c.getinfo(pycurl.REDIRECT_COUNT)) > 0
         o = self.opts
         if errno == 0:
             if o.respect_noai and _opted_out(t.header_values(b"x-robots-tag")):
-                return FetchResult("opted_out", "X-Robots-Tag forbids AI use (noai/noimageai)", code), None
-            if code == 429 or (code or 0) >= 500:
-                wait = _retry_after(next(iter(t.header_values(b"retry-after")), None), o.max_retry_after)
-                error = t.status_line() or f"HTTP {code}"
-                return FetchResult("http_error", error, code), wait if wait is not None else -1.0
+                return FetchResult("opted_out", "X-Robots-Tag forbids AI use (noai/noimageai)", code)
             if code != 200:
-                return FetchResult("http_error", t.status_line() or f"HTTP {code}", code), None
+                return FetchResult("http_error", t.status_line() or f"HTTP {code}", code)
             data = t.body.getvalue()
             if not data:
-                return FetchResult("empty_body", "the server answered with an empty body", code), None
-            return FetchResult("ok", None, code, data, hashlib.sha256(data).hexdigest()), None
+                return FetchResult("empty_body", "the server answered with an empty body", code)
+            return FetchResult("ok", None, code, data, hashlib.sha256(data).hexdigest())
         if t.blocked:
-            return FetchResult("blocked_address", t.blocked), None
+            return FetchResult("blocked_address", t.blocked)
         if errno in (pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR):
-            return FetchResult("too_large", f"body exceeds the {o.max_bytes} byte cap", code), None
+            return FetchResult("too_large", f"body exceeds the {o.max_bytes} byte cap", code)
         if errno == pycurl.E_TOO_MANY_REDIRECTS:
-            return FetchResult("too_many_redirects", f"more than {o.max_redirects} redirects", code), None
+            return FetchResult("too_many_redirects", f"more than {o.max_redirects} redirects", code)
         if errno == pycurl.E_UNSUPPORTED_PROTOCOL and redirected:
-            return FetchResult("blocked_redirect", f"redirect refused: {message}; only http and https", code), None
+            return FetchResult("blocked_redirect", f"redirect refused: {message}; only http and https", code)
         if errno in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
-            return FetchResult("invalid_url", message), None
+            return FetchResult("invalid_url", message)
         if errno == pycurl.E_COULDNT_RESOLVE_HOST:
-            return FetchResult("dns_error", message), None
+            return FetchResult("dns_error", message)
         kind = "timeout" if errno == pycurl.E_OPERATION_TIMEDOUT else "connection_error"
-        return FetchResult(kind, message, code), -1.0 if errno in _RETRY_CURL else None
+        return FetchResult(kind, message, code)
+
+    def _retry_at(self, t: _Transfer, errno: int, result: FetchResult) -> float | None:
+        """When to try ``t`` again, or None when ``result`` is final. Pauses the host on 429 / Retry-After.
+
+        Retried: connection errors and timeouts (never a refused address), 429 and 5xx answers.
+        """
+        o = self.opts
+        now = time.monotonic()
+        code = result.http_status or 0
+        server_busy = result.status == "http_error" and (code == 429 or code >= 500)
+        retryable = server_busy or (errno in _RETRY_CURL and not t.blocked)
+        after = None
+        if server_busy:
+            after = _retry_after(next(iter(t.header_values(b"retry-after")), None), o.max_retry_after)
+        if result.http_status == 429 or (result.http_status == 503 and after is not None):
+            # Retry-After (or a 429 without it) speaks for the whole host, not just this URL.
+            pause = after if after is not None else o.backoff
+            self.paused[t.host] = max(self.paused.get(t.host, 0.0), now + pause)
+        if not retryable or t.attempt >= o.retries:
+            return None
+        t.attempt += 1
+        wait = after if after is not None else o.backoff * 2 ** (t.attempt - 1) * random.uniform(0.5, 1.5)
+        return now + wait if now + wait < t.deadline else None
 
     def run(self, urls: list[object]) -> list[FetchResult]:
         """One result per URL, in order. Transfers never outlive the call, even when it fails."""
@@ -298,20 +317,13 @@ class _Fetcher:
                     active -= 1
                     self.multi.remove_handle(c)
                     t = self.busy.pop(c)
-                    result, wait = self._finish(c, t, errno, message)
+                    result = self._finish(c, t, errno, message)
                     self.idle.append(c)
-                    if result.http_status == 429 or (result.http_status == 503 and wait is not None and wait >= 0):
-                        # Retry-After (or a 429 without it) speaks for the whole host, not just this URL.
-                        pause = wait if wait is not None and wait >= 0 else o.backoff
-                        self.paused[t.host] = max(self.paused.get(t.host, 0.0), time.monotonic() + pause)
-                    if wait is not None and t.attempt < o.retries:
-                        t.attempt += 1
-                        if wait < 0:
-                            wait = o.backoff * 2 ** (t.attempt - 1) * random.uniform(0.5, 1.5)
-                        if time.monotonic() + wait < t.deadline:
-                            heapq.heappush(waiting, (time.monotonic() + wait, t.index, t))
-                            continue
-                    results[t.index] = result
+                    retry_at = self._retry_at(t, errno, result)
+                    if retry_at is None:
+                        results[t.index] = result
+                    else:
+                        heapq.heappush(waiting, (retry_at, t.index, t))
                 if not queued:
                     break
             if active:
