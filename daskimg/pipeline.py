@@ -30,11 +30,11 @@ from distributed import Client, as_completed
 
 from .batch import fetch_partition, preprocess_partition
 from .cluster import run_client
-from .config import FetchOptions, PreprocessOptions, options_dict
+from .config import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
 from .report import Progress, Summary
 from .sources import Source, read_source
-from .store import DEFAULT_COMPRESSION, ChunkReport, Output, OutputFormat, prepare_output
+from .store import ChunkReport, Output, OutputFormat, prepare_output
 
 __all__ = ["Job", "read_urls"]
 

@@ -14,15 +14,23 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import pandas as pd
-
-from . import __version__
-from .config import FORMATS, RESAMPLE, RESIZE_MODES, FetchOptions, PreprocessOptions
+from . import __version__, forkserver
+from .config import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    FORMATS,
+    INPUT_FORMATS,
+    RESAMPLE,
+    RESIZE_MODES,
+    FetchOptions,
+    PreprocessOptions,
+)
 from .errors import DaskimgError
-from .sources import INPUT_FORMATS
-from .store import COMPRESSIONS, DEFAULT_COMPRESSION
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["main", "parser"]
 
@@ -158,8 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="daskimg: %(message)s")
-    from .pipeline import read_urls
-
     try:
         # Settings are checked before the input is read or the output touched.
         fetch = FetchOptions(
@@ -172,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("chunk", "workers", "threads_per_worker"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
+        if not args.scheduler:  # the local workers' imports overlap this process's own
+            forkserver.start()
+        from .pipeline import read_urls
+
         with _table(args, p) as (table, output):
             job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format)
             job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)

@@ -21,11 +21,11 @@ import fsspec
 import numpy as np
 import pandas as pd
 
+from .config import INPUT_FORMATS
 from .errors import InputError
 
-__all__ = ["INPUT_FORMATS", "Source", "read_source"]
+__all__ = ["Source", "read_source"]
 
-INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
 BLOCKSIZE = 64 * 2**20  # bytes of an uncompressed text table per input partition
 _SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
