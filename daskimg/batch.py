@@ -74,7 +74,7 @@ def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions) -> 
             continue
         try:
             decoded = decode(result.data, opts)
-            images[i] = to_array(fit(decoded.image, opts), opts)
+            images[i] = to_array(fit(decoded.pixels, opts), opts)
         except DecodeError as e:
             status[i], error[i] = e.status, str(e)
             continue

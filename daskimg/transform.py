@@ -1,51 +1,78 @@
-"""Resize, crop or pad an RGB image to the output shape, then dtype and layout. No I/O."""
+"""Resize, crop or pad RGB pixels to the output shape, then dtype and layout. No I/O.
+
+Resizing is OpenCV's (SIMD; 30 us where Pillow's resample takes 250 us for a 160 px
+image going to 128 px). A downscale by more than 2x first shrinks by the largest integer
+factor with an exact box filter (``INTER_AREA`` on an integer ratio: its fast path), then
+interpolates the rest (a factor under 2) with the chosen filter, so no source pixel is
+skipped: the same idea as Pillow's ``reducing_gap``. ``box`` is a box filter over the whole
+ratio and ``hamming`` goes through Pillow, which alone has it.
+"""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from .config import PreprocessOptions
 
-__all__ = ["fit", "to_array"]
+__all__ = ["fit", "resize", "to_array"]
 
-# Downscales of more than 3x first shrink by an integer factor (a cheap box filter), then resample:
-# Pillow documents the result as indistinguishable from a full resampling at this gap.
-_REDUCING_GAP = 3.0
+cv2.setNumThreads(1)  # one image per thread: workers already run one thread per core
 
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
+_INTERPOLATION = {
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
 }
 
 
-def fit(img: Image.Image, opts: PreprocessOptions) -> Image.Image:
-    """Bring ``img`` to ``(opts.width, opts.height)`` by the resize mode of ``opts``."""
-    w, h = img.size
+def resize(pixels: np.ndarray, width: int, height: int, resample: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels (any strides) to ``(height, width, 3)`` by ``resample``."""
+    h, w = pixels.shape[:2]
+    if (w, h) == (width, height):
+        return np.ascontiguousarray(pixels)
+    if resample == "hamming":
+        img = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+        return np.asarray(img.resize((width, height), Image.Resampling.HAMMING, reducing_gap=3.0))
+    if resample in ("nearest", "box"):
+        how = cv2.INTER_NEAREST_EXACT if resample == "nearest" else cv2.INTER_AREA
+        return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=how)
+    kx, ky = max(1, w // width), max(1, h // height)
+    if kx > 1 or ky > 1:  # exact integer box reduction first: every source pixel counts
+        x0, y0 = (w % kx) // 2, (h % ky) // 2  # the few pixels that do not fill a box: half each side
+        w, h = w // kx, h // ky
+        box = pixels[y0 : y0 + h * ky, x0 : x0 + w * kx]
+        pixels = cv2.resize(np.ascontiguousarray(box), (w, h), interpolation=cv2.INTER_AREA)
+    if (w, h) == (width, height):
+        return pixels
+    return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=_INTERPOLATION[resample])
+
+
+def fit(pixels: np.ndarray, opts: PreprocessOptions) -> np.ndarray:
+    """Bring RGB ``pixels`` to ``(opts.height, opts.width, 3)`` by the resize mode of ``opts``."""
+    h, w = pixels.shape[:2]
     tw, th = opts.width, opts.height
-    resample = _RESAMPLE[opts.resample]
     if opts.mode == "stretch":
-        return img.resize((tw, th), resample, reducing_gap=_REDUCING_GAP)
+        return resize(pixels, tw, th, opts.resample)
     if opts.mode == "center_crop":
-        # Crop and scale in one resampling pass: the box is the centred region that scales to the target.
+        # The centred region with the target's aspect ratio, then one resize of just that region.
         scale = max(tw / w, th / h)
-        cw, ch = min(w, tw / scale), min(h, th / scale)  # min(): t / (t / w) can exceed w by a rounding error
-        left, top = (w - cw) / 2, (h - ch) / 2
-        return img.resize((tw, th), resample, box=(left, top, left + cw, top + ch), reducing_gap=_REDUCING_GAP)
+        cw, ch = min(w, max(1, round(tw / scale))), min(h, max(1, round(th / scale)))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return resize(pixels[top : top + ch, left : left + cw], tw, th, opts.resample)
     scale = min(tw / w, th / h)
     nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
-    canvas = Image.new("RGB", (tw, th), opts.fill)
-    canvas.paste(img.resize((nw, nh), resample, reducing_gap=_REDUCING_GAP), ((tw - nw) // 2, (th - nh) // 2))
+    canvas = np.empty((th, tw, 3), np.uint8)
+    canvas[...] = opts.fill
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    canvas[top : top + nh, left : left + nw] = resize(pixels, nw, nh, opts.resample)
     return canvas
 
 
-def to_array(img: Image.Image, opts: PreprocessOptions) -> np.ndarray:
+def to_array(pixels: np.ndarray, opts: PreprocessOptions) -> np.ndarray:
     """An ``(H, W, 3)`` (or ``(3, H, W)``) array in the output dtype and scaling."""
-    arr = np.asarray(img)
+    arr = pixels
     if opts.dtype == "float32":
         arr = arr.astype(np.float32) / np.float32(255)
         if opts.mean is not None:

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import daskimg.batch
 from daskimg.batch import FetchedPartition, preprocess_partition
@@ -42,10 +41,10 @@ def test_an_unexpected_error_in_one_image_is_recorded_not_raised(monkeypatch: py
     real_fit = daskimg.batch.fit
     calls = iter(range(100))
 
-    def flaky_fit(img: Image.Image, opts: PreprocessOptions) -> Image.Image:
+    def flaky_fit(pixels: np.ndarray, opts: PreprocessOptions) -> np.ndarray:
         if next(calls) == 1:
             raise RuntimeError("a bug for this image only")
-        return real_fit(img, opts)
+        return real_fit(pixels, opts)
 
     monkeypatch.setattr(daskimg.batch, "fit", flaky_fit)
     part = preprocess_partition(fetched(4), PreprocessOptions(height=8, width=8))

@@ -26,7 +26,7 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 def run(data: bytes, **options: object) -> np.ndarray:
     opts = PreprocessOptions(**options)  # type: ignore[arg-type]
-    return to_array(fit(decode(data, opts).image, opts), opts)
+    return to_array(fit(decode(data, opts).pixels, opts), opts)
 
 
 def reference(img: Image.Image, mode: str, w: int, h: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
@@ -88,15 +88,50 @@ def test_exif_orientation_is_applied() -> None:
     opts = PreprocessOptions(width=150, height=100, mode="stretch")
     decoded = decode(data, opts)
     assert (decoded.width, decoded.height) == (300, 200)
-    out = to_array(fit(decoded.image, opts), opts)
+    out = to_array(fit(decoded.pixels, opts), opts)
     assert mean_abs(out, np.asarray(upright.resize((150, 100), Image.Resampling.BILINEAR))) < 6.0
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_every_exif_orientation_matches_pillows_exif_transpose(orientation: int, fmt: str) -> None:
+    stored = photo("coffee.jpg").resize((90, 60))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt != "PNG" else {}))
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    opts = PreprocessOptions(width=upright.width, height=upright.height, mode="stretch")
+    decoded = decode(data, opts)
+    assert (decoded.width, decoded.height) == upright.size
+    assert mean_abs(to_array(fit(decoded.pixels, opts), opts), np.asarray(upright)) < 1.0
+
+
+@pytest.mark.parametrize("resample", ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"])
+@pytest.mark.parametrize("size", [37, 128, 300])  # down by 5.4x and 1.6x, and up
+def test_every_resample_filter_is_close_to_pillows(resample: str, size: int) -> None:
+    src = photo("coffee.jpg").resize((200, 200))
+    out = run(encode(src, "PNG"), width=size, height=size, mode="stretch", resample=resample)
+    ref = np.asarray(src.resize((size, size), getattr(Image.Resampling, resample.upper())))
+    assert mean_abs(out, ref) < (6.0 if resample == "nearest" else 3.0)
+
+
+def test_webp_alpha_is_composited_and_an_animation_gives_its_first_frame() -> None:
+    clear = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    assert np.allclose(run(encode(clear, "WEBP", lossless=True), width=8, height=8).reshape(-1, 3).mean(0),
+                       (255, 255, 255))
+    half = Image.new("RGBA", (32, 32), (0, 0, 0, 128))
+    assert np.allclose(run(encode(half, "WEBP", lossless=True), width=8, height=8), 127, atol=2)
+    frames = [Image.new("RGB", (16, 16), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert np.allclose(run(buf.getvalue(), width=4, height=4).reshape(-1, 3).mean(0), (255, 0, 0), atol=3)
 
 
 def test_jpeg_is_decoded_at_a_reduced_scale_when_smaller_is_enough() -> None:
     data = encode(photo("coffee.jpg").resize((1600, 1200)), "JPEG", quality=90)
     decoded = decode(data, PreprocessOptions(width=64, height=64))
-    assert decoded.image.size[0] < 1600  # draft mode: fewer pixels decoded
-    assert min(decoded.image.size) >= 64
+    assert decoded.pixels.shape[1] < 1600  # reduced DCT scale: fewer pixels decoded
+    assert min(decoded.pixels.shape[:2]) >= 64
     assert (decoded.width, decoded.height) == (1600, 1200)  # metadata keeps the original size
 
 
