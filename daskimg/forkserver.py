@@ -26,9 +26,8 @@ from collections.abc import Iterator
 __all__ = ["METHOD", "WORKER_IMPORTS", "ignoring_sigint", "start"]
 
 METHOD = "forkserver"
-# What a worker needs to run daskimg's tasks: Dask's worker, the dataframe tasks that read
-# input partitions, and daskimg's fetch, decode and write code with their libraries.
-WORKER_IMPORTS = ["distributed", "dask.dataframe", "daskimg.batch", "daskimg.store"]
+# What a worker needs to run daskimg's tasks, imported by the server before it forks any worker.
+WORKER_IMPORTS = ["daskimg.worker_imports"]
 
 
 def start() -> None:

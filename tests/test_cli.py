@@ -34,6 +34,8 @@ def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     done = cli("--demo", str(out), "--size", "64", *QUIET)
     assert done.returncode == 0, done.stderr
     assert "dashboard at http" in done.stderr
+    # stderr holds daskimg's two lines (the job, the dashboard): no Dask INFO chatter, no closing traceback
+    assert len(done.stderr.strip().splitlines()) == 2, done.stderr
     assert "ok 10, failed 1 (http_error 1)" in done.stdout
     images, meta = daskimg.open(str(out))
     assert images.shape == (11, 64, 64, 3)
