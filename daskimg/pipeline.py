@@ -16,7 +16,9 @@ processes. Only chunk reports (counts) come back to the client.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,16 +38,32 @@ from .report import Progress, Summary
 from .sources import Source, read_source
 from .store import ChunkReport, Output, OutputFormat, prepare_output
 
-__all__ = ["Job", "read_urls"]
+__all__ = ["CHUNK_BYTES", "Job", "auto_chunk", "read_urls"]
 
 log = logging.getLogger(__name__)
+
+
+# A chunk is the unit of work and of memory: a worker holds a few at once (bodies, pixels, the
+# compressed copy). Sized by bytes, not rows, so that 256 px or float32 outputs stay in bounds.
+CHUNK_BYTES = 12 * 2**20
+CHUNK_ROWS = (16, 256)
+
+
+def auto_chunk(opts: PreprocessOptions) -> int:
+    """Rows per chunk when none is given: a power of two whose output pixels come to about 12 MiB, 16 to 256.
+
+    256 rows at 128 px, 64 at 224 px and 256 px, 16 at 224 px float32.
+    """
+    per_image = math.prod(opts.shape) * (4 if opts.dtype == "float32" else 1)
+    rows: int = 2 ** int(math.log2(max(1, CHUNK_BYTES // per_image)))
+    return min(max(rows, CHUNK_ROWS[0]), CHUNK_ROWS[1])
 
 
 def read_urls(
     table: str | Sequence[str] | pd.DataFrame | dd.DataFrame,
     *,
     url_col: str = "url",
-    chunk: int = 256,
+    chunk: int | None = None,
     input_format: str | None = None,
 ) -> Job:
     """Start a job from a URL table: a path, glob or directory (any fsspec URL), a list, or a DataFrame.
@@ -58,11 +76,14 @@ def read_urls(
     url_col
         Column holding the URLs; every other column is carried into the metadata.
     chunk
-        Rows per partition and per output chunk.
+        Rows per partition and per output chunk; by default :func:`auto_chunk` sizes it to
+        the output shape (set later with :meth:`Job.preprocess`).
     input_format
         Override the format guessed from the file suffix.
     """
-    return Job(read_source(table, url_col=url_col, chunk=chunk, input_format=input_format))
+    source = read_source(table, url_col=url_col, chunk=chunk or auto_chunk(PreprocessOptions()),
+                         input_format=input_format)
+    return Job(source, chunk=chunk)
 
 
 @dataclass(frozen=True)
@@ -72,11 +93,17 @@ class Job:
     source: Source
     fetch_options: FetchOptions = field(default_factory=FetchOptions)
     preprocess_options: PreprocessOptions = field(default_factory=PreprocessOptions)
+    chunk: int | None = None  # rows per chunk; None: auto_chunk(preprocess_options)
+
+    @functools.cached_property
+    def parts(self) -> Source:
+        """The source split into this job's chunks."""
+        return self.source.rechunk(self.chunk or auto_chunk(self.preprocess_options))
 
     def __repr__(self) -> str:
         p = self.preprocess_options
-        return (f"<daskimg.Job {self.source.n_rows} rows from {self.source.name} in {self.source.n_chunks} chunks "
-                f"of {self.source.chunk} -> {p.height}x{p.width} {p.mode} {p.dtype}>")
+        return (f"<daskimg.Job {self.parts.n_rows} rows from {self.parts.name} in {self.parts.n_chunks} chunks "
+                f"of {self.parts.chunk} -> {p.height}x{p.width} {p.mode} {p.dtype}>")
 
     def fetch(self, **options: Any) -> Job:
         """Set download options (see :class:`daskimg.FetchOptions`)."""
@@ -92,10 +119,10 @@ class Job:
     def settings(self, format: OutputFormat, compression: str) -> dict[str, Any]:
         """What the output depends on; a re-run resumes only when these match."""
         return {
-            "input": self.source.name,
-            "url_col": self.source.url_col,
-            "rows": self.source.n_rows,
-            "chunk": self.source.chunk,
+            "input": self.parts.name,
+            "url_col": self.parts.url_col,
+            "rows": self.parts.n_rows,
+            "chunk": self.parts.chunk,
             "format": format,
             "compression": compression,
             "preprocess": options_dict(self.preprocess_options),
@@ -107,20 +134,21 @@ class Job:
         p = self.preprocess_options
         dims = ("channel", "y", "x") if p.channels_first else ("y", "x", "channel")
         return prepare_output(
-            path, format=format, n_rows=self.source.n_rows, chunk=self.source.chunk, shape=p.shape, dtype=p.dtype,
+            path, format=format, n_rows=self.parts.n_rows, chunk=self.parts.chunk, shape=p.shape, dtype=p.dtype,
             dim_names=dims, compression=compression, settings=self.settings(format, compression), overwrite=overwrite,
         )
 
     def graph(self, output: Output, chunks: Sequence[int] | None = None) -> list[Delayed]:
         """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport."""
-        chunks = range(self.source.n_chunks) if chunks is None else chunks
-        parts = self.source.frame.to_delayed()
-        token = tokenize(self.source.name, self.source.n_rows, self.fetch_options, self.preprocess_options,
+        chunks = range(self.parts.n_chunks) if chunks is None else chunks
+        source = self.parts
+        parts = source.frame.to_delayed()
+        token = tokenize(source.name, source.n_rows, source.chunk, self.fetch_options, self.preprocess_options,
                          output.path)
         writes = []
         for k in chunks:
             fetched = delayed(fetch_partition, pure=True)(
-                parts[k], self.source.url_col, self.fetch_options, dask_key_name=(f"fetch-{token}", k))
+                parts[k], source.url_col, self.fetch_options, dask_key_name=(f"fetch-{token}", k))
             images = delayed(preprocess_partition, pure=True)(
                 fetched, self.preprocess_options, dask_key_name=(f"preprocess-{token}", k))
             writes.append(delayed(output.write, pure=True)(images, dask_key_name=(f"write-{token}", k)))
@@ -162,11 +190,11 @@ class Job:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
         output = self.prepare(path, format=format, compression=compression, overwrite=overwrite)
         done = output.done_chunks()
-        todo = [k for k in range(self.source.n_chunks) if k not in done]
+        todo = [k for k in range(self.parts.n_chunks) if k not in done]
         start = time.monotonic()
-        bar = Progress(self.source.n_rows, enabled=progress)
+        bar = Progress(self.parts.n_rows, enabled=progress)
         if done:  # a resumed run starts the bar where the last one stopped
-            bar.update(sum(min(self.source.chunk, self.source.n_rows - k * self.source.chunk) for k in done),
+            bar.update(sum(min(self.parts.chunk, self.parts.n_rows - k * self.parts.chunk) for k in done),
                        output.status_counts())
         failed: dict[int, str] = {}
         dashboard = None
@@ -194,5 +222,5 @@ class Job:
         counts = output.status_counts()
         record = output.read_settings() or {}
         output.write_settings({**record, "counts": counts})
-        return Summary(path, self.source.n_rows, counts, time.monotonic() - start, processed,
+        return Summary(path, self.parts.n_rows, counts, time.monotonic() - start, processed,
                        len(done), failed, dashboard)

@@ -10,6 +10,8 @@ through every stage, so output row ``i`` is input row ``i``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,15 +36,26 @@ _SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".j
 class Source:
     """A URL table split into partitions of ``chunk`` rows; partition k holds rows kB .. kB+B-1."""
 
-    frame: dd.DataFrame
+    rows: dd.DataFrame  # indexed by global row number, with known divisions
     url_col: str
     n_rows: int
     chunk: int
     name: str
 
+    @functools.cached_property
+    def frame(self) -> dd.DataFrame:
+        frame: dd.DataFrame = self.rows.repartition(divisions=(*range(0, self.n_rows, self.chunk), self.n_rows - 1))
+        return frame
+
     @property
     def n_chunks(self) -> int:
-        return int(self.frame.npartitions)
+        return -(-self.n_rows // self.chunk)
+
+    def rechunk(self, chunk: int) -> Source:
+        """The same rows in partitions of ``chunk`` rows (lazy: nothing is read)."""
+        if chunk <= 0:
+            raise InputError(f"chunk must be a positive number of rows, got {chunk}")
+        return self if chunk == self.chunk else dataclasses.replace(self, chunk=chunk)
 
 
 def _format_of(path: str) -> str:
@@ -144,7 +157,6 @@ def read_source(
         _number_rows, offsets, meta=frame._meta.assign(_row=np.array([], dtype="int64"))
     )
     indexed = numbered.set_index("_row", sorted=True, divisions=[*offsets[:-1], n_rows - 1])
-    indexed = indexed.repartition(divisions=[*range(0, n_rows, chunk), n_rows - 1])
     return Source(indexed, url_col, n_rows, chunk, name)
 
 

@@ -256,3 +256,18 @@ def test_overwriting_with_another_shape_on_the_same_cluster(
     pixels = images.compute()
     assert 0 < float(pixels.max()) <= 1.0
     assert (pixels.reshape(12, -1).max(axis=1) > 0).all()
+
+
+def test_chunks_are_sized_by_output_bytes_unless_given(tmp_path: Path, server: FaultServer, client: Client) -> None:
+    urls = [server.url(f"/img/{n}") for n in GOOD] * 20  # 120 rows
+    assert job(urls).parts.chunk == 256  # 32 px: small images, the most rows a chunk takes
+    wide = daskimg.read_urls(urls).preprocess(size=256)
+    assert wide.parts.chunk == 64  # 192 KiB an image: 64 of them make 12 MiB
+    assert wide.preprocess(size=256, dtype="float32").parts.chunk == 16
+    assert daskimg.read_urls(urls, chunk=50).preprocess(size=256).parts.chunk == 50  # a given chunk stays
+    out = tmp_path / "wide.zarr"
+    summary = wide.fetch(allow_private_network=True).to_zarr(str(out), client=client, progress=False)
+    assert summary.counts == {"ok": 120}
+    images = zarr.open_group(str(out), mode="r")["images"]
+    assert images.chunks == (64, 256, 256, 3)
+    assert len(list((out / "metadata").glob("part-*.parquet"))) == 2
