@@ -27,6 +27,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256  # daskimg opens many connections at once; the default backlog of 5 drops some
+
+
 class DemoServer:
     """Serves the demo images (or ``directory``) on 127.0.0.1, a free port, from a thread until closed.
 
@@ -37,7 +41,7 @@ class DemoServer:
     def __init__(self, directory: Path = IMAGES) -> None:
         self.directory = directory
         handler = functools.partial(_QuietHandler, directory=str(directory))
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, name="daskimg-demo-server", daemon=True).start()

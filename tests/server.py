@@ -77,6 +77,8 @@ class FaultServer:
                 server.route(self, parts.path, parse_qs(parts.query))
 
         class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 256  # a client opens up to 64 connections at once; the default backlog is 5
+
             def handle_error(self, request: object, client_address: object) -> None:
                 pass  # clients hanging up on /slow and /big are the point, not an error
 
