@@ -70,8 +70,12 @@ class FetchOptions:
         Redirects followed before giving up.
     concurrency
         Transfers in flight per fetch task (a worker runs one fetch task per thread at most).
+        256, the most rows a chunk has by default: a whole chunk is in flight at once, so a
+        chunk costs about one round trip even from a far-away server.
     per_host
-        Connections open to one host per fetch task (politeness).
+        Connections open to one host per fetch task (politeness). 256 too: a single-host list
+        over a 200 ms link runs at 0.98x its loopback speed with it, 0.74x with 128 and 0.69x
+        with 64. Lower it for hosts that mind.
     allow_private_network
         Allow loopback and private addresses (link-local stays refused).
     respect_noai
@@ -87,8 +91,8 @@ class FetchOptions:
     backoff: float = 0.5
     max_retry_after: float = 10.0
     max_redirects: int = 10
-    concurrency: int = 128
-    per_host: int = 64
+    concurrency: int = 256
+    per_host: int = 256
     allow_private_network: bool = False
     respect_noai: bool = True
     user_agent: str = ""
