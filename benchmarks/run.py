@@ -149,7 +149,7 @@ def _work(args: tuple[int, int, int]) -> int:
     start, stop, size = args
     opts = PreprocessOptions(height=size, width=size)
     for i in range(start, stop):
-        to_array(fit(decode(_DATA[i % len(_DATA)], opts).image, opts), opts)
+        to_array(fit(decode(_DATA[i % len(_DATA)], opts).pixels, opts), opts)
     return stop - start
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -47,3 +49,13 @@ def test_public_api_is_pinned() -> None:
         "ConfigError", "DaskimgError", "FetchOptions", "InputError", "Job", "OutputError", "PreprocessOptions",
         "Summary", "__version__", "open", "read_urls",
     }
+
+
+def test_the_benchmark_a_user_runs_works(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--count", "40", "--files", "20", "--size", "32",
+         "--only", "limit,daskimg", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "daskimg / limit:" in done.stdout
