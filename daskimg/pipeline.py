@@ -81,7 +81,7 @@ def read_urls(
     input_format
         Override the format guessed from the file suffix.
     """
-    source = read_source(table, url_col=url_col, chunk=chunk or auto_chunk(PreprocessOptions()),
+    source = read_source(table, url_col=url_col, chunk=auto_chunk(PreprocessOptions()) if chunk is None else chunk,
                          input_format=input_format)
     return Job(source, chunk=chunk)
 
@@ -98,7 +98,7 @@ class Job:
     @functools.cached_property
     def parts(self) -> Source:
         """The source split into this job's chunks."""
-        return self.source.rechunk(self.chunk or auto_chunk(self.preprocess_options))
+        return self.source.rechunk(auto_chunk(self.preprocess_options) if self.chunk is None else self.chunk)
 
     def __repr__(self) -> str:
         p = self.preprocess_options
@@ -140,8 +140,8 @@ class Job:
 
     def graph(self, output: Output, chunks: Sequence[int] | None = None) -> list[Delayed]:
         """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport."""
-        chunks = range(self.parts.n_chunks) if chunks is None else chunks
         source = self.parts
+        chunks = range(source.n_chunks) if chunks is None else chunks
         parts = source.frame.to_delayed()
         token = tokenize(source.name, source.n_rows, source.chunk, self.fetch_options, self.preprocess_options,
                          output.path)

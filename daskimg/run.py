@@ -122,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk", type=int, help="rows per partition and per output chunk (default: a power of two "
                    "making about 12 MiB of output, 16 to 256: 256 at 128 px, 64 at 224 px)")
     g.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
-                   help=f"zarr chunk compression: lz4 (Blosc, bit-shuffled: fast), zstd (smaller, slower) or none "
-                   f"(default {DEFAULT_COMPRESSION})")
+                   help=f"zarr chunk compression: lz4 (Blosc: fast, 1.15x on photos), zstd (bit-shuffled: 1.55x, "
+                   f"slower) or none (default {DEFAULT_COMPRESSION})")
     g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
 
     g = p.add_argument_group("cluster")

@@ -11,7 +11,7 @@ import zarr
 from distributed import Client
 
 import daskimg
-from daskimg.errors import OutputError
+from daskimg.errors import InputError, OutputError
 
 from .server import FaultServer
 from .tables import write_table
@@ -265,6 +265,8 @@ def test_chunks_are_sized_by_output_bytes_unless_given(tmp_path: Path, server: F
     assert wide.parts.chunk == 64  # 192 KiB an image: 64 of them make 12 MiB
     assert wide.preprocess(size=256, dtype="float32").parts.chunk == 16
     assert daskimg.read_urls(urls, chunk=50).preprocess(size=256).parts.chunk == 50  # a given chunk stays
+    with pytest.raises(InputError):
+        daskimg.read_urls(urls, chunk=0)  # refused, not taken for "choose for me"
     out = tmp_path / "wide.zarr"
     summary = wide.fetch(allow_private_network=True).to_zarr(str(out), client=client, progress=False)
     assert summary.counts == {"ok": 120}
