@@ -51,24 +51,30 @@ def run_client(
         with remote:
             yield remote
         return
-    with contextlib.suppress(ValueError):
-        yield Client.current()
+    try:
+        current = Client.current()
+    except ValueError:  # no active client
+        current = None
+    if current is not None:  # (a ValueError raised in the caller's block must not land in the except above)
+        yield current
         return
     forkserver.start()
-    with forkserver.ignoring_sigint(), dask.config.set(_local_worker_config()):
-        cluster = LocalCluster(
-            n_workers=workers or default_workers(),
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=dashboard_address,
-            silence_logs=logging.ERROR,
-        )
-    with cluster, Client(cluster) as local:
-        yield local
+    # The settings stay in effect while the cluster lives: a worker the nanny restarts is forked too.
+    with dask.config.set(_local_worker_config()):
+        with forkserver.ignoring_sigint():
+            cluster = LocalCluster(
+                n_workers=workers or default_workers(),
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=dashboard_address,
+                silence_logs=logging.ERROR,
+            )
+        with cluster, Client(cluster) as local:
+            yield local
 
 
 def _local_worker_config() -> dict[str, object]:
-    """Dask settings for the workers of the clusters daskimg starts (never for others').
+    """Dask settings for the clusters daskimg starts, set while such a cluster lives (a run waits on it meanwhile).
 
     * Workers are forked from daskimg's fork server (see :mod:`daskimg.forkserver`).
     * The statistical profiler samples every thread 100 times a second: a few percent of
