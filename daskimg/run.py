@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__, forkserver
+from . import __version__, forkserver, warmup
 from .config import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -178,6 +178,7 @@ def _log_to_stderr() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    warmup.start()  # on a cold page cache the imports below would wait on the disk one file at a time
     p = parser()
     args = p.parse_args(argv)
     _log_to_stderr()

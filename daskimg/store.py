@@ -36,6 +36,7 @@ import zarr
 import zarr.codecs
 from fsspec.implementations.local import LocalFileSystem
 
+from . import writeback
 from .batch import META_SCHEMA, ImagePartition
 from .config import COMPRESSIONS
 from .errors import OutputError
@@ -82,7 +83,7 @@ class Output:
         fs, root = fsspec.core.url_to_fs(self.path)
         return fs, root.rstrip("/")
 
-    def _put(self, relpath: str, data: bytes) -> None:
+    def _put(self, relpath: str, data: bytes | memoryview) -> None:
         """Write ``data`` so that readers see all of it or nothing."""
         fs, root = self._fs
         final = f"{root}/{relpath}"
@@ -94,11 +95,12 @@ class Output:
                 with fs.open(tmp, "wb") as f:
                     f.write(data)
                 fs.mv(tmp, final)
+                writeback.written(final, len(data))
             finally:
                 if fs.exists(tmp):
                     fs.rm(tmp)
         else:
-            fs.pipe_file(final, data)
+            fs.pipe_file(final, bytes(data))
 
     def done_chunks(self) -> set[int]:
         """Chunks whose pixels, flags and metadata are all written."""
@@ -180,7 +182,7 @@ def _open_arrays(
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
-def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes] | None:
+def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes | memoryview] | None:
     """Encode one whole chunk of ``array`` exactly as its codecs say, or None for other codec chains.
 
     zarr's ``__setitem__`` copies a chunk several times on its way to the store: a third of a
@@ -203,9 +205,9 @@ def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes] | No
         else:
             return None
 
-    def encode(chunk: np.ndarray) -> bytes:
+    def encode(chunk: np.ndarray) -> bytes | memoryview:
         raw = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder(order))
-        return bytes(compressor.encode(raw)) if compressor is not None else raw.tobytes()
+        return bytes(compressor.encode(raw)) if compressor is not None else memoryview(raw).cast("B")
 
     return encode
 
