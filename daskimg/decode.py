@@ -53,6 +53,18 @@ try:
 except ImportError:  # likewise for PNG
     pyspng = None
 _FAST_PNG_MODES = frozenset({"L", "RGB", "RGBA", "I;16", "I;16B"})  # pyspng refuses grey + alpha
+try:
+    from pywuffs import ImageDecoderType, PixelFormat
+    from pywuffs.aux import ImageDecoder, ImageDecoderConfig
+except ImportError:  # likewise for 8-bit PNG
+    ImageDecoder = None
+else:
+    _WUFFS_PNG = {}
+    for _alpha, _format in ((False, PixelFormat.RGB), (True, PixelFormat.RGBA_NONPREMUL)):
+        _WUFFS_PNG[_alpha] = _config = ImageDecoderConfig()
+        _config.enabled_decoders = [ImageDecoderType.PNG]
+        _config.pixel_format = _format
+_PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG file: signature (8), IHDR length, type, width, height
 
 
 class DecodeError(Exception):
@@ -108,6 +120,12 @@ def _fast_pixels(img: Image.Image, data: bytes, opts: PreprocessOptions, orienta
         jpeg: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=need_w, min_height=need_h,
                                                   min_factor=1)
         return jpeg
+    if img.format == "PNG" and ImageDecoder is not None and len(data) > _PNG_BIT_DEPTH and data[_PNG_BIT_DEPTH] <= 8:
+        alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+        decoded = ImageDecoder(_WUFFS_PNG[alpha]).decode(data)  # a fresh decoder: no state shared by threads
+        if decoded.error_message:
+            return None
+        return _rgb_array(decoded.pixbuf, opts.background) if alpha else decoded.pixbuf
     if img.format == "PNG" and pyspng is not None and img.mode in _FAST_PNG_MODES and "transparency" not in img.info:
         png: np.ndarray = pyspng.load(data)
         if png.dtype == np.uint16:
@@ -150,9 +168,9 @@ def _pillow_pixels(img: Image.Image, opts: PreprocessOptions, orientation: int) 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: alpha composited on ``background``, 16-bit scaled (not clipped)."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    if img.mode == "P":
+    if img.mode in ("P", "RGB", "L", "1"):  # a palette, or a tRNS colour key: its pixels are transparent
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode in _SIXTEEN_BIT:
         wide = np.asarray(img, dtype=np.uint32)

@@ -150,6 +150,9 @@ def test_transparency_is_composited_on_the_background() -> None:
     palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
     palette.info["transparency"] = 1
     assert np.allclose(_rgb_mean(palette, background=(0, 255, 0)), (0, 255, 0))
+    keyed = Image.new("RGB", (32, 32), (10, 20, 30))  # a tRNS colour key: pixels of that colour are clear
+    keyed.info["transparency"] = (10, 20, 30)
+    assert np.allclose(_rgb_mean(keyed, background=(0, 255, 0)), (0, 255, 0))
 
 
 def test_sixteen_bit_is_scaled_not_clipped() -> None:
@@ -253,6 +256,10 @@ def _variants() -> dict[str, bytes]:
         "png-la": encode(rgba.convert("LA"), "PNG"),
         "png-grey16": encode(Image.fromarray(wide), "PNG"),
         "png-palette": encode(base.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+        "png-palette-alpha": encode(base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG",
+                                    transparency=bytes(range(0, 256, 16))),
+        "png-rgb-colour-key": encode(base, "PNG", transparency=base.getpixel((0, 0))),
+        "png-1-bit": encode(base.convert("1"), "PNG"),
     }
 
 
@@ -265,6 +272,7 @@ def test_fast_decoders_agree_with_pillow(name: str, mode: str, monkeypatch: pyte
     fast = run(data, width=96, height=80, mode=mode)
     monkeypatch.setattr(daskimg.decode, "simplejpeg", None)
     monkeypatch.setattr(daskimg.decode, "pyspng", None)
+    monkeypatch.setattr(daskimg.decode, "ImageDecoder", None)
     pillow = run(data, width=96, height=80, mode=mode)
     assert fast.shape == pillow.shape == (80, 96, 3)
     assert mean_abs(fast, pillow) < 3.0
@@ -275,3 +283,4 @@ def test_fast_decoders_are_used_when_installed() -> None:
 
     assert daskimg.decode.simplejpeg is not None
     assert daskimg.decode.pyspng is not None
+    assert daskimg.decode.ImageDecoder is not None  # Wuffs, for 8-bit PNG
