@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from distributed import Client
 
@@ -106,8 +108,17 @@ def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> No
     assert daskimg.open(str(out))[0].shape[1] == 32
 
 
+@dataclasses.dataclass
+class HandMadeCluster:
+    address: str
+    nannies: list[subprocess.Popen[bytes]]  # the `dask worker` processes; each runs its worker as a child
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for n in self.nannies for c in psutil.Process(n.pid).children()]
+
+
 @pytest.fixture
-def hand_made_cluster(tmp_path: Path) -> Iterator[str]:
+def hand_made_cluster(tmp_path: Path) -> Iterator[HandMadeCluster]:
     """`dask scheduler` and two `dask worker` processes, as an operator would start them."""
     file = tmp_path / "scheduler.json"
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--scheduler-file", str(file), "--port", "0",
@@ -123,7 +134,7 @@ def hand_made_cluster(tmp_path: Path) -> Iterator[str]:
         address = json.loads(file.read_text())["address"]
         with Client(address, timeout="30s") as c:
             c.wait_for_workers(2, timeout=60)
-        yield address
+        yield HandMadeCluster(address, procs[1:])
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -133,7 +144,7 @@ def hand_made_cluster(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.cluster
 def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
-    tmp_path: Path, server: FaultServer, hand_made_cluster: str
+    tmp_path: Path, server: FaultServer, hand_made_cluster: HandMadeCluster
 ) -> None:
     urls = tmp_path / "urls.txt"
     names = ["photo.jpg", "big.jpg", "tall.png", "photo.webp", "photo.gif", "photo.bmp"]
@@ -141,13 +152,43 @@ def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
     common = [str(urls), "--size", "40", "--chunk", "16", "--allow-private-network", *QUIET]
     local = cli(common[0], str(tmp_path / "local.zarr"), *common[1:])
     assert local.returncode == 0, local.stderr
-    remote = cli(common[0], str(tmp_path / "remote.zarr"), *common[1:], "--scheduler", hand_made_cluster)
+    remote = cli(common[0], str(tmp_path / "remote.zarr"), *common[1:], "--scheduler", hand_made_cluster.address)
     assert remote.returncode == 0, remote.stderr
     a, meta_a = daskimg.open(str(tmp_path / "local.zarr"))
     b, meta_b = daskimg.open(str(tmp_path / "remote.zarr"))
     np.testing.assert_array_equal(a.compute(), b.compute())
     pd.testing.assert_frame_equal(meta_a, meta_b)
     assert (meta_b["status"] == "ok").sum() == 40
+
+
+@pytest.mark.cluster
+def test_kill_9_of_a_worker_mid_run_changes_nothing_in_the_output(
+    tmp_path: Path, server: FaultServer, hand_made_cluster: HandMadeCluster
+) -> None:
+    urls = tmp_path / "urls.txt"
+    names = ["photo.jpg", "big.jpg", "tall.png", "photo.webp"]
+    urls.write_text("".join(server.url(f"/delay/{names[i % 4]}?ms=200&kill9={i}\n") for i in range(96)))
+    common = ["--size", "40", "--chunk", "8", "--concurrency", "4", "--allow-private-network", *QUIET]
+    out = tmp_path / "killed.zarr"
+    run = subprocess.Popen([sys.executable, "-m", "daskimg.run", str(urls), str(out), *common,
+                            "--scheduler", hand_made_cluster.address], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    done = out / "metadata" / "_done"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and len(list(done.iterdir())) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = hand_made_cluster.worker_pids()[0]
+    assert run.poll() is None and len(list(done.iterdir())) < 12
+    os.kill(victim, signal.SIGKILL)  # mid-run: tasks in flight and fetched bytes held there are lost
+    _, stderr = run.communicate(timeout=180)
+    assert run.returncode == 0, stderr
+    undisturbed = cli(str(urls), str(tmp_path / "ref.zarr"), *common)
+    assert undisturbed.returncode == 0, undisturbed.stderr
+    a, meta_a = daskimg.open(str(out))
+    b, meta_b = daskimg.open(str(tmp_path / "ref.zarr"))
+    np.testing.assert_array_equal(a.compute(), b.compute())
+    pd.testing.assert_frame_equal(meta_a, meta_b)
+    assert (meta_a["status"] == "ok").all()
 
 
 def test_ctrl_c_stops_promptly_and_the_same_command_finishes_the_job(
