@@ -240,6 +240,41 @@ def test_a_write_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
     assert meta["index"].tolist() == list(range(20))
 
 
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_an_object_store_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    from distributed import LocalCluster
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    real_pipe = MemoryFileSystem.pipe_file
+
+    def slow_down_on_chunk_2(self: MemoryFileSystem, path: str, value: bytes, **kwargs: object) -> None:
+        if path.endswith("part-00000002.parquet"):
+            raise OSError("PutObject: 503 SlowDown (reduce your request rate)")
+        real_pipe(self, path, value, **kwargs)
+
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?object-store={i}") for i in range(20)]
+    out = f"memory://object-store-{fmt}/out"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as threads:  # threads in this process: they share its memory:// store
+        monkeypatch.setattr(MemoryFileSystem, "pipe_file", slow_down_on_chunk_2)
+        first = job(urls, chunk=8).run(out, format=fmt, client=threads, progress=False)
+        assert set(first.failed_chunks) == {2}
+        assert "503 SlowDown" in first.failed_chunks[2]
+        assert not MemoryFileSystem().exists(f"object-store-{fmt}/out/metadata/_done/00000002")
+        monkeypatch.setattr(MemoryFileSystem, "pipe_file", real_pipe)
+        hits = sum(server.hits.values())
+        second = job(urls, chunk=8).run(out, format=fmt, client=threads, progress=False)
+    assert second.complete
+    assert second.processed == 4  # chunk 2 holds rows 16-19
+    assert sum(server.hits.values()) - hits == 4
+    images, meta = daskimg.open(out)
+    assert meta["index"].tolist() == list(range(20))
+    assert (meta["status"] == "ok").all()
+    assert (images[16:].compute().reshape(4, -1).max(axis=1) > 0).all()
+
+
 def test_overwriting_with_another_shape_on_the_same_cluster(
     tmp_path: Path, server: FaultServer, client: Client
 ) -> None:
