@@ -6,12 +6,14 @@ graph; each is a plain function of a pandas partition, callable without Dask.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from . import isolate as isolation
 from .config import FetchOptions, PreprocessOptions
 from .decode import DecodeError, decode
 from .fetch import FetchResult, fetch_batch
@@ -34,6 +36,25 @@ META_SCHEMA = pa.schema(
         ("sha256", pa.string()),
     ]
 )
+
+
+_Outcome = tuple[tuple[str, str] | None, tuple[int | None, int | None, str | None]]
+
+
+def _preprocess_one(data: bytes, opts: PreprocessOptions, out: np.ndarray) -> _Outcome:
+    """Pixels of one image into ``out``; (status, message) on failure, and the original's size and format."""
+    try:
+        decoded = decode(data, opts)
+        out[...] = to_array(fit(decoded.pixels, opts), opts)
+    except DecodeError as e:
+        return (e.status, str(e)), (None, None, None)
+    except Exception as e:  # one image must never cost its whole chunk; the message keeps the cause
+        return ("preprocess_error", f"{type(e).__name__}: {e}"), (None, None, None)
+    return None, (decoded.width, decoded.height, decoded.format)
+
+
+def _crashed(why: str) -> _Outcome:
+    return ("decoder_crashed", why), (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +81,34 @@ def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> Fet
     return FetchedPartition(rows, url_col, fetch_batch(rows[url_col].tolist(), opts))
 
 
-def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePartition:
-    """Decode and resize every fetched body; failures become zeros plus a status and message."""
+def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions, *, isolate: bool = False) -> ImagePartition:
+    """Decode and resize every fetched body; failures become zeros plus a status and message.
+
+    With ``isolate`` each image is preprocessed in a forked child (see :mod:`daskimg.isolate`):
+    for a chunk whose task already lost a worker, so that the image that crashed it costs its row.
+    """
     rows, results = fetched.rows, fetched.results
     n = len(rows)
-    images = np.zeros((n, *opts.shape), dtype=opts.dtype)
+    isolate = isolate and isolation.AVAILABLE
+    images = (isolation.shared_zeros if isolate else np.zeros)((n, *opts.shape), dtype=opts.dtype)
     status, error = [r.status for r in results], [r.error for r in results]
     width: list[int | None] = [None] * n
     height: list[int | None] = [None] * n
     fmt: list[str | None] = [None] * n
     for i, result in enumerate(results):
-        if result.data is None:
+        data = result.data
+        if data is None:
             continue
-        try:
-            decoded = decode(result.data, opts)
-            images[i] = to_array(fit(decoded.pixels, opts), opts)
-        except DecodeError as e:
-            status[i], error[i] = e.status, str(e)
-            continue
-        except Exception as e:  # one image must never cost its whole chunk; the message keeps the cause
-            status[i], error[i] = "preprocess_error", f"{type(e).__name__}: {e}"
-            continue
-        width[i], height[i], fmt[i] = decoded.width, decoded.height, decoded.format
+        out = images[i]
+        if isolate:
+            outcome = isolation.run_isolated(functools.partial(_preprocess_one, data, opts, out), _crashed)
+        else:
+            outcome = _preprocess_one(data, opts, out)
+        failure, (width[i], height[i], fmt[i]) = outcome
+        if failure is not None:
+            status[i], error[i] = failure
+    if isolate:
+        images = np.array(images)  # out of the shared mapping
     ok = np.array([s == "ok" for s in status], dtype=bool)
     meta = pd.DataFrame(
         {

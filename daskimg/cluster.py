@@ -6,14 +6,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_worker
 
 from . import forkserver
 from .errors import ConfigError
 
-__all__ = ["default_workers", "run_client"]
+__all__ = ["default_workers", "lost_a_worker", "run_client"]
 
 
 def default_workers() -> int:
@@ -71,6 +72,30 @@ def run_client(
             )
         with cluster, Client(cluster) as local:
             yield local
+
+
+def lost_a_worker() -> bool:
+    """Whether the Dask task running in this thread already ran on a worker that died under it.
+
+    The scheduler counts, per task, the workers lost while running it (``suspicious``; at
+    ``distributed.scheduler.allowed-failures`` it gives up with ``KilledWorker``). Outside a
+    Dask worker, or if the scheduler cannot be asked, the answer is no.
+    """
+    try:
+        worker = get_worker()
+    except ValueError:  # not in a task on a worker
+        return False
+    key = worker.get_current_task()
+    try:
+        return bool(worker.client.run_on_scheduler(_suspicious, key))
+    except Exception as e:  # the answer only chooses the safer, slower path: never fail the task for it
+        logging.getLogger(__name__).warning("could not ask the scheduler about task %s: %s", key, e)
+        return False
+
+
+def _suspicious(key: object, dask_scheduler: Any = None) -> int:
+    task = dask_scheduler.tasks.get(key)
+    return int(task.suspicious) if task is not None else 0
 
 
 def _local_worker_config() -> dict[str, object]:

@@ -30,8 +30,8 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from distributed import Client, as_completed
 
-from .batch import fetch_partition, preprocess_partition
-from .cluster import run_client
+from .batch import FetchedPartition, ImagePartition, fetch_partition, preprocess_partition
+from .cluster import lost_a_worker, run_client
 from .config import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
 from .report import Progress, Summary
@@ -84,6 +84,11 @@ def read_urls(
     source = read_source(table, url_col=url_col, chunk=auto_chunk(PreprocessOptions()) if chunk is None else chunk,
                          input_format=input_format)
     return Job(source, chunk=chunk)
+
+
+def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePartition:
+    """The preprocess task: one forked child per image if this chunk already cost a worker its life."""
+    return preprocess_partition(fetched, opts, isolate=lost_a_worker())
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ class Job:
         for k in chunks:
             fetched = delayed(fetch_partition, pure=True)(
                 parts[k], source.url_col, self.fetch_options, dask_key_name=(f"fetch-{token}", k))
-            images = delayed(preprocess_partition, pure=True)(
+            images = delayed(_preprocess, pure=True)(
                 fetched, self.preprocess_options, dask_key_name=(f"preprocess-{token}", k))
             writes.append(delayed(output.write, pure=True)(images, dask_key_name=(f"write-{token}", k)))
         return writes

@@ -1,0 +1,111 @@
+"""A decoder that crashes or eats memory on one file costs that row: not the chunk, not the run."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+import daskimg
+import daskimg.batch
+from daskimg import isolate
+from daskimg.batch import FetchedPartition, preprocess_partition
+from daskimg.config import PreprocessOptions
+from daskimg.fetch import FetchResult
+
+from .server import FaultServer
+
+pytestmark = pytest.mark.skipif(not isolate.AVAILABLE, reason="needs os.fork")
+
+OPTS = PreprocessOptions(height=24, width=24)
+
+
+def _partition(bodies: list[bytes]) -> FetchedPartition:
+    rows = pd.DataFrame({"url": [f"http://example.com/{i}" for i in range(len(bodies))]})
+    return FetchedPartition(rows, "url", [FetchResult("ok", None, 200, b, "x") for b in bodies])
+
+
+def _hostile_decoder(monkeypatch: pytest.MonkeyPatch, on: bytes, act: str) -> None:
+    real = daskimg.batch.decode
+
+    def decode(data: bytes, opts: PreprocessOptions) -> object:
+        if data.startswith(on):
+            if act == "segfault":
+                ctypes.string_at(0)  # reads address 0: SIGSEGV, as a decoder bug would
+            elif act == "memory":
+                hoard = []
+                while True:  # address space without end (never touched, so the test stays cheap)
+                    hoard.append(np.empty(256 << 20, np.uint8))
+            elif act == "hang":
+                time.sleep(30)
+        return real(data, opts)
+
+    monkeypatch.setattr(daskimg.batch, "decode", decode)
+
+
+@pytest.mark.parametrize("act", ["segfault", "memory", "hang"])
+def test_an_image_that_kills_its_decoder_costs_only_its_row(
+    images: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, act: str
+) -> None:
+    bodies = [images["photo.jpg"], images["photo.bmp"], images["tall.png"], b"not an image"]
+    expected = preprocess_partition(_partition(bodies), OPTS)
+    monkeypatch.setattr(isolate, "TIME_LIMIT", 2.0)
+    _hostile_decoder(monkeypatch, on=b"BM", act=act)
+
+    part = preprocess_partition(_partition(bodies), OPTS, isolate=True)
+
+    assert part.meta["status"].tolist() == [
+        "ok", "decoder_crashed" if act != "memory" else "preprocess_error", "ok", "not_image"]
+    message = part.meta["error"][1]
+    assert {"segfault": "SIGSEGV", "memory": "MemoryError", "hang": "ran past 2 s"}[act] in message
+    assert part.ok.tolist() == [True, False, True, False]
+    np.testing.assert_array_equal(part.images[[0, 2]], expected.images[[0, 2]])
+    assert not part.images[1].any()
+    assert part.meta["width"].isna().tolist() == [False, True, False, True]
+    assert part.meta["width"][[0, 2]].tolist() == expected.meta["width"][[0, 2]].tolist()
+
+
+class _CrashOnBmp(WorkerPlugin):
+    """Every worker, restarted ones too, gets a BMP decoder that segfaults."""
+
+    def setup(self, worker: object) -> None:
+        import ctypes
+
+        import daskimg.batch
+
+        real = daskimg.batch.decode
+
+        def decode(data: bytes, opts: object) -> object:
+            if data.startswith(b"BM"):
+                ctypes.string_at(0)
+            return real(data, opts)  # type: ignore[arg-type]
+
+        daskimg.batch.decode = decode
+
+
+@pytest.mark.cluster
+def test_a_decoder_segfault_on_a_real_cluster_costs_one_row_and_no_killed_worker(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    names = ["photo.jpg", "big.jpg", "tall.png", "photo.webp"]
+    urls = [server.url(f"/img/{names[i % 4]}?crash={i}") for i in range(11)] + [server.url("/img/photo.bmp?crash")]
+    job = daskimg.read_urls(urls, chunk=4).fetch(allow_private_network=True).preprocess(size=32)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as hostile:
+        hostile.register_plugin(_CrashOnBmp())
+        summary = job.to_zarr(str(tmp_path / "out.zarr"), client=hostile, progress=False)
+    assert summary.complete, summary.failed_chunks
+    pixels, meta = daskimg.open(str(tmp_path / "out.zarr"))
+    assert meta["status"].tolist() == ["ok"] * 11 + ["decoder_crashed"]
+    assert "SIGSEGV" in meta["error"][11]
+    reference = job.to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False)
+    assert reference.complete
+    expected, _ = daskimg.open(str(tmp_path / "ref.zarr"))
+    np.testing.assert_array_equal(pixels[:11].compute(), expected[:11].compute())
+    assert not pixels[11].compute().any()
