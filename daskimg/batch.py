@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import isolate as isolation
+from .colour import srgb_converter
 from .config import FetchOptions, PreprocessOptions
 from .decode import DecodeError, decode
 from .fetch import FetchResult, fetch_batch
@@ -45,7 +46,7 @@ def _preprocess_one(data: bytes, opts: PreprocessOptions, out: np.ndarray) -> _O
     """Pixels of one image into ``out``; (status, message) on failure, and the original's size and format."""
     try:
         decoded = decode(data, opts)
-        out[...] = to_array(fit(decoded.pixels, opts), opts)
+        out[...] = to_array(fit(decoded.pixels, opts, srgb_converter(decoded.icc_profile)), opts)
     except DecodeError as e:
         return (e.status, str(e)), (None, None, None)
     except Exception as e:  # one image must never cost its whole chunk; the message keeps the cause

@@ -90,6 +90,7 @@ class Decoded:
     width: int
     height: int
     format: str
+    icc_profile: bytes | None = None  # the colour space the pixels are in, when the file names one
 
 
 def _orientation(img: Image.Image) -> int:
@@ -223,4 +224,5 @@ def decode(data: bytes, opts: PreprocessOptions) -> Decoded:
     if orientation in _ORIENT:
         pixels = _ORIENT[orientation](pixels)
         width, height = (height, width) if orientation >= 5 else (width, height)
-    return Decoded(pixels, width, height, fmt)
+    icc = img.info.get("icc_profile")
+    return Decoded(pixels, width, height, fmt, icc if isinstance(icc, bytes) else None)

@@ -10,6 +10,8 @@ ratio and ``hamming`` goes through Pillow, which alone has it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -49,24 +51,33 @@ def resize(pixels: np.ndarray, width: int, height: int, resample: str) -> np.nda
     return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=_INTERPOLATION[resample])
 
 
-def fit(pixels: np.ndarray, opts: PreprocessOptions) -> np.ndarray:
-    """Bring RGB ``pixels`` to ``(opts.height, opts.width, 3)`` by the resize mode of ``opts``."""
+def fit(pixels: np.ndarray, opts: PreprocessOptions,
+        convert: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Bring RGB ``pixels`` to ``(opts.height, opts.width, 3)`` by the resize mode of ``opts``.
+
+    ``convert`` (a colour conversion) is applied to the resized image, not to the padding.
+    """
+
+    def sized(src: np.ndarray, width: int, height: int) -> np.ndarray:
+        out = resize(src, width, height, opts.resample)
+        return out if convert is None else convert(out)
+
     h, w = pixels.shape[:2]
     tw, th = opts.width, opts.height
     if opts.mode == "stretch":
-        return resize(pixels, tw, th, opts.resample)
+        return sized(pixels, tw, th)
     if opts.mode == "center_crop":
         # The centred region with the target's aspect ratio, then one resize of just that region.
         scale = max(tw / w, th / h)
         cw, ch = min(w, max(1, round(tw / scale))), min(h, max(1, round(th / scale)))
         left, top = (w - cw) // 2, (h - ch) // 2
-        return resize(pixels[top : top + ch, left : left + cw], tw, th, opts.resample)
+        return sized(pixels[top : top + ch, left : left + cw], tw, th)
     scale = min(tw / w, th / h)
     nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
     canvas = np.empty((th, tw, 3), np.uint8)
     canvas[...] = opts.fill
     top, left = (th - nh) // 2, (tw - nw) // 2
-    canvas[top : top + nh, left : left + nw] = resize(pixels, nw, nh, opts.resample)
+    canvas[top : top + nh, left : left + nw] = sized(pixels, nw, nh)
     return canvas
 
 

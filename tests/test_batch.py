@@ -41,10 +41,10 @@ def test_an_unexpected_error_in_one_image_is_recorded_not_raised(monkeypatch: py
     real_fit = daskimg.batch.fit
     calls = iter(range(100))
 
-    def flaky_fit(pixels: np.ndarray, opts: PreprocessOptions) -> np.ndarray:
+    def flaky_fit(pixels: np.ndarray, opts: PreprocessOptions, convert: object = None) -> np.ndarray:
         if next(calls) == 1:
             raise RuntimeError("a bug for this image only")
-        return real_fit(pixels, opts)
+        return real_fit(pixels, opts, convert)  # type: ignore[arg-type]
 
     monkeypatch.setattr(daskimg.batch, "fit", flaky_fit)
     part = preprocess_partition(fetched(4), PreprocessOptions(height=8, width=8))

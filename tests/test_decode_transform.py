@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
+from daskimg.colour import srgb_converter
 from daskimg.config import PreprocessOptions
 from daskimg.decode import DecodeError, decode
 from daskimg.transform import fit, to_array
@@ -25,8 +26,10 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 
 def run(data: bytes, **options: object) -> np.ndarray:
+    """What a worker makes of one body (as ``batch.preprocess_partition`` does)."""
     opts = PreprocessOptions(**options)  # type: ignore[arg-type]
-    return to_array(fit(decode(data, opts).pixels, opts), opts)
+    decoded = decode(data, opts)
+    return to_array(fit(decoded.pixels, opts, srgb_converter(decoded.icc_profile)), opts)
 
 
 def reference(img: Image.Image, mode: str, w: int, h: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
