@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,9 @@ _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a failure, not grey pixels
+# Scraped images often carry malformed EXIF; it is handled (the image is kept, unrotated). Pillow's
+# EXIF reader would also warn about each such file, flooding the workers' logs.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 
 try:
     import simplejpeg

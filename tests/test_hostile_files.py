@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +48,23 @@ def test_malformed_exif_keeps_the_image_unrotated() -> None:
     photo("cat.jpg").save(buf, "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03garbage")
     decoded = decode(buf.getvalue(), OPTS)
     assert decoded.pixels.shape[1] > decoded.pixels.shape[0]  # the landscape photo stays landscape
+
+
+def test_malformed_exif_makes_no_noise_in_the_logs() -> None:
+    code = (
+        "import io, sys\n"
+        "from tests.conftest import photo\n"
+        "from daskimg.decode import decode\n"
+        "from daskimg.config import PreprocessOptions\n"
+        "buf = io.BytesIO()\n"
+        "photo('cat.jpg').save(buf, 'JPEG', exif=b'Exif\\x00\\x00MM\\x00*\\x00\\x00\\x00\\x08\\x00\\x05"
+        "\\x01\\x12\\x00\\x03garbage')\n"
+        "decode(buf.getvalue(), PreprocessOptions(height=32, width=32))\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # Pillow warns "Corrupt EXIF data" here unless daskimg silences it
 
 
 def test_a_gif_with_thousands_of_frames_gives_its_first_frame_quickly() -> None:
