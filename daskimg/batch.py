@@ -82,7 +82,9 @@ def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> Fet
     return FetchedPartition(rows, url_col, fetch_batch(rows[url_col].tolist(), opts))
 
 
-def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions, *, isolate: bool = False) -> ImagePartition:
+def preprocess_partition(
+    fetched: FetchedPartition, opts: PreprocessOptions, *, isolate: bool = False
+) -> ImagePartition:
     """Decode and resize every fetched body; failures become zeros plus a status and message.
 
     With ``isolate`` each image is preprocessed in a forked child (see :mod:`daskimg.isolate`):
@@ -108,6 +110,7 @@ def preprocess_partition(fetched: FetchedPartition, opts: PreprocessOptions, *, 
         failure, (width[i], height[i], fmt[i]) = outcome
         if failure is not None:
             status[i], error[i] = failure
+            out[...] = 0  # a child may have died after writing some pixels
     if isolate:
         images = np.array(images)  # out of the shared mapping
     ok = np.array([s == "ok" for s in status], dtype=bool)

@@ -166,7 +166,7 @@ class Output:
 @functools.lru_cache(maxsize=8)
 def _open_arrays(
     path: str, output_id: str
-) -> tuple[zarr.Array[Any], zarr.Array[Any], Callable[[np.ndarray], bytes] | None]:
+) -> tuple[zarr.Array[Any], zarr.Array[Any], Callable[[np.ndarray], bytes | memoryview] | None]:
     """The output's two arrays and the images' chunk encoder, made once per worker process and
     output (an overwritten output at the same path has a new id, so its new shape and dtype are
     read again).
@@ -207,7 +207,7 @@ def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes | mem
 
     def encode(chunk: np.ndarray) -> bytes | memoryview:
         raw = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder(order))
-        return bytes(compressor.encode(raw)) if compressor is not None else memoryview(raw).cast("B")
+        return bytes(compressor.encode(raw)) if compressor is not None else memoryview(raw.data).cast("B")
 
     return encode
 

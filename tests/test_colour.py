@@ -10,7 +10,6 @@ import pytest
 from PIL import Image, ImageCms
 
 from daskimg.colour import srgb_converter
-from daskimg.config import PreprocessOptions
 
 from .test_decode_transform import run
 
@@ -99,4 +98,5 @@ def test_padding_keeps_the_fill_colour_exact() -> None:
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 32, 3), 90, np.uint8)).save(buf, "PNG", icc_profile=icc)
     out = run(buf.getvalue(), width=16, height=16, mode="pad", fill=(255, 0, 0))
-    assert (out[0] == (255, 0, 0)).all() and (out[-1] == (255, 0, 0)).all()
+    assert (out[0] == (255, 0, 0)).all()
+    assert (out[-1] == (255, 0, 0)).all()
