@@ -1,17 +1,18 @@
 """Ask the kernel for the files a run is about to import, all at once, before the imports do.
 
 A run imports about 1,600 modules (pandas, bokeh, dask, distributed, numpy, zarr ...) and
-maps about 460 MB of shared libraries, 200 MB of which it touches. When those files have
-left the page cache (the first run after a boot, or after the kernel reclaimed file pages
-left idle), every import waits for its own small read, one after another. :func:`start`
-walks the packages' folders on a background thread and asks for every compiled module and
-library with ``posix_fadvise(WILLNEED)``: the reads are queued together, and the imports
+loads about 170 shared libraries. When those files have left the page cache (the first run
+after a boot, or after the kernel reclaimed file pages left idle), every import waits for its
+own small read, one after another. :func:`start` walks the packages' folders on a background
+thread and asks for every compiled module and every library up to :data:`SMALL_LIBRARY` with
+``posix_fadvise(WILLNEED)`` (about 140 MB): the reads are queued together, and the imports
 that follow find the files in memory or already on their way.
 
-Measured on the benchmark VM, from a dropped cache while another process kept the disk
-busy, a 20-URL run took 3.0-3.3 s with it and 3.6-3.8 s without (2.0-2.5 s warm). On a
-warm cache it costs about 30 ms of a background thread. Where ``posix_fadvise`` does not
-exist it does nothing.
+Measured on the benchmark VM, a 20-URL run from a dropped cache while another process kept
+the disk busy writing: 3.2-3.3 s with it, 4.3-5.8 s without (about 2.3 s warm). Asking for
+the big libraries too (500 MB in all) was no faster there, and when the disk was slow
+(45 MB/s) it queued 11 s of reads ahead of the imports. On a warm cache the walk costs
+about 30 ms of a background thread. Where ``posix_fadvise`` does not exist it does nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["PACKAGES", "start"]
+__all__ = ["PACKAGES", "SMALL_LIBRARY", "start"]
+
+# Libraries up to this size are read whole; bigger ones (OpenCV, Arrow, OpenBLAS: 300 MB, of which
+# an import touches a third) are left to page in as the loader touches them.
+SMALL_LIBRARY = 4 << 20
 
 # What the command line, its fork server and its workers import (one missing is skipped), and the
 # folders where wheels keep the libraries they vendor.
@@ -80,6 +85,16 @@ def _files() -> Iterator[str]:
     for root in roots:
         for folder, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if d not in _SKIP]
+            compiled = "__pycache__" in dirs  # else (no bytecode written) the sources are what imports read
             for f in files:
-                if f.endswith(tag) or f.endswith(".so") or ".so." in f:
-                    yield os.path.join(folder, f)
+                path = os.path.join(folder, f)
+                if (f.endswith(tag) or (not compiled and f.endswith(".py"))
+                        or ((f.endswith(".so") or ".so." in f) and _size(path) <= SMALL_LIBRARY)):
+                    yield path
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
