@@ -23,6 +23,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from .writeback import advise
+
 __all__ = ["PACKAGES", "SMALL_LIBRARY", "start"]
 
 # Libraries up to this size are read whole; bigger ones (OpenCV, Arrow, OpenBLAS: 300 MB, of which
@@ -53,16 +55,7 @@ def start() -> None:
 
 def _read_ahead() -> None:
     for path in _files():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        advise(path, os.POSIX_FADV_WILLNEED)
 
 
 def _files() -> Iterator[str]:

@@ -20,7 +20,7 @@ import os
 import threading
 from collections import deque
 
-__all__ = ["WINDOW", "written"]
+__all__ = ["WINDOW", "advise", "written"]
 
 WINDOW = 64 << 20  # bytes a process may have written and not yet dropped
 _lock = threading.Lock()
@@ -28,13 +28,14 @@ _recent: deque[tuple[str, int]] = deque()
 _pending = 0
 
 
-def _dont_need(path: str) -> None:
+def advise(path: str, advice: int) -> None:
+    """``posix_fadvise`` the whole of ``path``; a file that cannot be opened (gone, replaced) is skipped."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:  # replaced or removed since: nothing of ours left to drop
+    except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, advice)
     except OSError:
         pass
     finally:
@@ -46,7 +47,7 @@ def written(path: str, nbytes: int) -> None:
     global _pending
     if not hasattr(os, "posix_fadvise"):
         return
-    _dont_need(path)  # starts writeback now, rather than in 30 s
+    advise(path, os.POSIX_FADV_DONTNEED)  # starts writeback now, rather than in 30 s
     with _lock:
         _recent.append((path, nbytes))
         _pending += nbytes
@@ -56,4 +57,4 @@ def written(path: str, nbytes: int) -> None:
             _pending -= n
             old.append(p)
     for p in old:
-        _dont_need(p)
+        advise(p, os.POSIX_FADV_DONTNEED)
