@@ -71,39 +71,51 @@ def test_an_image_that_kills_its_decoder_costs_only_its_row(
     assert part.meta["width"][[0, 2]].tolist() == expected.meta["width"][[0, 2]].tolist()
 
 
-class _CrashOnBmp(WorkerPlugin):
-    """Every worker, restarted ones too, gets a BMP decoder that segfaults."""
+class _HostileBmpDecoder(WorkerPlugin):
+    """Every worker, restarted ones too, gets a BMP decoder that segfaults, or eats memory without end."""
+
+    def __init__(self, act: str) -> None:
+        self.act = act
 
     def setup(self, worker: object) -> None:
         import ctypes
 
-        import daskimg.batch
+        import numpy as np
 
-        real = daskimg.batch.decode
+        import daskimg.batch
+        import daskimg.isolate
+
+        real, act = daskimg.batch.decode, self.act
+        daskimg.isolate.MEMORY_HEADROOM = 512 << 20  # the isolated retry hits its limit fast
 
         def decode(data: bytes, opts: object) -> object:
             if data.startswith(b"BM"):
-                ctypes.string_at(0)
+                if act == "segfault":
+                    ctypes.string_at(0)
+                hoard = []
+                while True:  # touched, so the worker's memory really grows until the nanny kills it
+                    hoard.append(np.ones(32 << 20, np.uint8))
             return real(data, opts)  # type: ignore[arg-type]
 
         daskimg.batch.decode = decode
 
 
 @pytest.mark.cluster
-def test_a_decoder_segfault_on_a_real_cluster_costs_one_row_and_no_killed_worker(
-    tmp_path: Path, server: FaultServer, client: Client
+@pytest.mark.parametrize("act", ["segfault", "memory"])
+def test_a_hostile_decoder_on_a_real_cluster_costs_one_row_and_no_killed_worker(
+    tmp_path: Path, server: FaultServer, client: Client, act: str
 ) -> None:
     names = ["photo.jpg", "big.jpg", "tall.png", "photo.webp"]
     urls = [server.url(f"/img/{names[i % 4]}?crash={i}") for i in range(11)] + [server.url("/img/photo.bmp?crash")]
     job = daskimg.read_urls(urls, chunk=4).fetch(allow_private_network=True).preprocess(size=32)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as hostile:
-        hostile.register_plugin(_CrashOnBmp())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="1GiB") as cluster, Client(cluster) as hostile:
+        hostile.register_plugin(_HostileBmpDecoder(act))
         summary = job.to_zarr(str(tmp_path / "out.zarr"), client=hostile, progress=False)
     assert summary.complete, summary.failed_chunks
     pixels, meta = daskimg.open(str(tmp_path / "out.zarr"))
-    assert meta["status"].tolist() == ["ok"] * 11 + ["decoder_crashed"]
-    assert "SIGSEGV" in meta["error"][11]
+    assert meta["status"].tolist() == ["ok"] * 11 + ["decoder_crashed" if act == "segfault" else "preprocess_error"]
+    assert ("SIGSEGV" if act == "segfault" else "MemoryError") in meta["error"][11]
     reference = job.to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False)
     assert reference.complete
     expected, _ = daskimg.open(str(tmp_path / "ref.zarr"))
