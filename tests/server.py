@@ -122,6 +122,8 @@ class FaultServer:
             self.send(h, 302, headers={"Location": "/loop"})
         elif head == "to-file":
             self.send(h, 302, headers={"Location": "file:///etc/passwd"})
+        elif head == "redirect-to":  # anywhere the query says: other schemes, other hosts
+            self.send(h, 302, headers={"Location": query.get("url", ["/"])[0]})
         elif head == "noai" and name in self.images:
             self.send(h, 200, self.images[name], headers={"X-Robots-Tag": "noai"})
         elif head == "flaky" and name in self.images:

@@ -45,6 +45,23 @@ def test_a_server_that_fails_twice_then_answers_ends_ok(server: FaultServer) -> 
     assert result.status == "ok"
 
 
+@pytest.mark.parametrize(("target", "status"), [
+    ("ftp://127.0.0.1/photo.jpg", "blocked_redirect"),
+    ("data:image/png;base64,iVBORw0KGgo=", "blocked_redirect"),
+    ("file:///etc/passwd", "blocked_redirect"),
+    ("http://169.254.169.254/latest/meta-data/", "blocked_address"),  # even with private networks allowed
+    ("http://[fe80::1]/", "blocked_address"),
+])
+def test_redirects_to_other_schemes_and_to_metadata_services_are_refused(
+    server: FaultServer, target: str, status: str
+) -> None:
+    from urllib.parse import quote
+
+    result = fetch_one(server.url(f"/redirect-to?url={quote(target, safe='')}"), LOCAL)
+    assert result.status == status, result.error
+    assert result.data is None
+
+
 def test_redirects_are_followed_and_bounded(server: FaultServer) -> None:
     assert fetch_one(server.url("/redirect/photo.jpg"), LOCAL).status == "ok"
     loop = fetch_one(server.url("/loop"), LOCAL)
