@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -185,10 +186,15 @@ def test_first_frame_of_an_animation() -> None:
         (b"", "not_image"),
         (b"<!doctype html><html></html>", "not_image"),
         (encode(Image.new("RGB", (64, 64)), "TIFF"), "not_image"),
+        (encode(Image.new("RGB", (64, 64)), "EPS"), "not_image"),  # Pillow would run Ghostscript on it
+        (encode(Image.new("RGB", (64, 64)), "PDF"), "not_image"),
+        (b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 64, 64, 8, 3) + bytes(14) + bytes(64 * 64 * 3), "not_image"),  # PSD
+        (bytes(range(256)) * 64, "not_image"),
         (encode(photo("cat.jpg"), "JPEG")[:2000], "decode_error"),
         (encode(photo("cat.jpg"), "PNG")[:3000], "decode_error"),
     ],
-    ids=["empty", "html", "tiff-not-allowed", "truncated-jpeg", "truncated-png"],
+    ids=["empty", "html", "tiff-not-allowed", "eps-not-allowed", "pdf-not-allowed", "psd-not-allowed",
+         "random-bytes", "truncated-jpeg", "truncated-png"],
 )
 def test_bad_bytes_give_a_status(data: bytes, status: str) -> None:
     with pytest.raises(DecodeError) as info:
