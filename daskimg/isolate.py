@@ -8,7 +8,8 @@ child process: a child shares the worker's memory copy-on-write, writes its pixe
 into a shared buffer, and runs under an address-space limit, so a memory bomb becomes a
 ``MemoryError`` in the child instead of the out-of-memory killer in the worker. A child that
 dies by a signal or runs past the time limit costs its row, recorded as ``decoder_crashed``.
-Forking costs a few milliseconds an image, which is why only such chunks pay it.
+Forking a worker-sized process costs about 11 ms an image (a 128 px JPEG takes 0.6 ms in
+process), which is why only such chunks pay it.
 """
 
 from __future__ import annotations

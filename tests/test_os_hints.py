@@ -50,15 +50,18 @@ def test_read_ahead_lists_what_a_run_imports_and_no_test_suites() -> None:
     assert not any(f"{os.sep}tests{os.sep}" in f for f in files)
 
 
-def test_read_ahead_starts_one_background_thread_per_process() -> None:
-    before = {t.name for t in threading.enumerate()}
+def test_read_ahead_starts_one_background_thread_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(warmup, "_started", threading.Event())  # as in a fresh process
+    release = threading.Event()
+    monkeypatch.setattr(warmup, "_read_ahead", lambda: release.wait(60))  # stays alive until counted
+    before = set(threading.enumerate())
     warmup.start()
     warmup.start()
-    started = [t for t in threading.enumerate() if t.name == "daskimg-warmup" and t.name not in before]
-    assert len(started) <= 1
-    for t in started:
-        t.join(timeout=60)
-        assert not t.is_alive()
+    started = [t for t in threading.enumerate() if t not in before and t.name == "daskimg-warmup"]
+    release.set()
+    assert len(started) == 1
+    started[0].join(timeout=60)
+    assert not started[0].is_alive()
 
 
 @linux_only
