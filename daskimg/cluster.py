@@ -11,7 +11,7 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, get_worker
 
-from . import forkserver
+from . import dashboard, forkserver
 from .errors import ConfigError
 
 __all__ = ["default_workers", "lost_a_worker", "run_client"]
@@ -39,7 +39,8 @@ def run_client(
     Order of choice: ``client`` if given; a new client to ``scheduler`` if given; the
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
-    decodes), started here and closed on exit.
+    decodes), started here and closed on exit. That cluster's dashboard is set up on its
+    first visit (see :mod:`daskimg.dashboard`).
     """
     if client is not None:
         yield client
@@ -68,9 +69,12 @@ def run_client(
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 dashboard_address=dashboard_address,
+                scheduler_kwargs={"dashboard": False},  # set up on the first visit, off the way to the first task
                 silence_logs=logging.ERROR,
             )
         with cluster, Client(cluster) as local:
+            if dashboard_address is not None:
+                local.run_on_scheduler(dashboard.build_on_first_visit)
             yield local
 
 

@@ -54,3 +54,33 @@ def _use(expected: Client) -> None:
 def test_an_error_in_the_callers_block_propagates_with_the_active_client(client: Client) -> None:
     with pytest.raises(ValueError, match="the caller's own"):
         _use(client)
+
+
+_DASHBOARD = textwrap.dedent("""
+    import sys, urllib.request
+    from daskimg.cluster import run_client
+
+    def get(url):
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+
+    if __name__ == "__main__":
+        with run_client(workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client:
+            print("bokeh before the visit", "bokeh" in sys.modules)
+            link = client.dashboard_link
+            base = link.rsplit("/", 1)[0]
+            print("health", get(base + "/health"))
+            status, page = get(link)
+            print("status", status, "<title>Dask Diagnostic UI</title>" in page)
+            status, page = get(base + "/individual-task-stream")
+            print("task stream", status, "<title>Dask: TaskStream</title>" in page)
+            print("json", get(base + "/json/counts.json")[0])
+""")
+
+
+def test_the_dashboard_is_served_from_its_first_visit_and_costs_nothing_before() -> None:
+    done = subprocess.run([sys.executable, "-c", _DASHBOARD], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "bokeh before the visit False", "health (200, 'ok')", "status 200 True", "task stream 200 True", "json 200",
+    ], done.stderr[-3000:]
