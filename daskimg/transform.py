@@ -18,7 +18,7 @@ from PIL import Image
 
 from .config import PreprocessOptions
 
-__all__ = ["fit", "resize", "to_array"]
+__all__ = ["center_crop_box", "fit", "resize", "to_array"]
 
 cv2.setNumThreads(1)  # one image per thread: workers already run one thread per core
 
@@ -51,6 +51,14 @@ def resize(pixels: np.ndarray, width: int, height: int, resample: str) -> np.nda
     return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=_INTERPOLATION[resample])
 
 
+def center_crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:
+    """``(left, top, width, height)``: the centred region of a ``width`` x ``height`` image with the target's aspect."""
+    scale = max(target_width / width, target_height / height)
+    cw = min(width, max(1, round(target_width / scale)))
+    ch = min(height, max(1, round(target_height / scale)))
+    return (width - cw) // 2, (height - ch) // 2, cw, ch
+
+
 def fit(pixels: np.ndarray, opts: PreprocessOptions,
         convert: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Bring RGB ``pixels`` to ``(opts.height, opts.width, 3)`` by the resize mode of ``opts``.
@@ -66,11 +74,8 @@ def fit(pixels: np.ndarray, opts: PreprocessOptions,
     tw, th = opts.width, opts.height
     if opts.mode == "stretch":
         return sized(pixels, tw, th)
-    if opts.mode == "center_crop":
-        # The centred region with the target's aspect ratio, then one resize of just that region.
-        scale = max(tw / w, th / h)
-        cw, ch = min(w, max(1, round(tw / scale))), min(h, max(1, round(th / scale)))
-        left, top = (w - cw) // 2, (h - ch) // 2
+    if opts.mode == "center_crop":  # one resize of just the centred region with the target's aspect ratio
+        left, top, cw, ch = center_crop_box(w, h, tw, th)
         return sized(pixels[top : top + ch, left : left + cw], tw, th)
     scale = min(tw / w, th / h)
     nw, nh = max(1, min(tw, round(w * scale))), max(1, min(th, round(h * scale)))
