@@ -200,7 +200,14 @@ def test_ctrl_c_stops_promptly_and_the_same_command_finishes_the_job(
     out = tmp_path / "out.zarr"
     cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", "32", "--chunk", "8",
            "--concurrency", "2", "--allow-private-network", *QUIET]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A caught signal is reset to its default by exec, an ignored one stays ignored: so that Ctrl-C
+    # reaches the command even when this test runs with SIGINT ignored (a background job, nohup).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     done = out / "metadata" / "_done"
     deadline = time.monotonic() + 120
     while not (done.exists() and len(list(done.iterdir())) >= 2) and time.monotonic() < deadline:
