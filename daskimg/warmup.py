@@ -1,6 +1,6 @@
 """Ask the kernel for the files a run is about to import, all at once, before the imports do.
 
-A run imports about 1,600 modules (pandas, bokeh, dask, distributed, numpy, zarr ...) and
+A run imports about 1,400 modules (pandas, dask, distributed, numpy, pyarrow, zarr ...) and
 loads about 170 shared libraries. When those files have left the page cache (the first run
 after a boot, or after the kernel reclaimed file pages left idle), every import waits for its
 own small read, one after another. :func:`start` walks the packages' folders on a background
@@ -34,10 +34,10 @@ SMALL_LIBRARY = 4 << 20
 # What the command line, its fork server and its workers import (one missing is skipped), and the
 # folders where wheels keep the libraries they vendor.
 PACKAGES = (
-    "daskimg", "dask", "distributed", "pandas", "numpy", "pyarrow", "bokeh", "zarr", "numcodecs", "tornado",
+    "daskimg", "dask", "distributed", "pandas", "numpy", "pyarrow", "zarr", "numcodecs", "tornado",
     "toolz", "tlz", "jinja2", "markupsafe", "yaml", "fsspec", "dateutil", "importlib_metadata", "zipp", "packaging",
     "click", "zict", "PIL", "cv2", "psutil", "google_crc32c", "msgpack", "sortedcontainers", "donfig", "cloudpickle",
-    "tblib", "locket", "simplejpeg", "pyspng", "pycurl",
+    "tblib", "locket", "simplejpeg", "pyspng", "pycurl", "pywuffs",
 )
 _VENDORED = ("numpy.libs", "pillow.libs", "opencv_python_headless.libs", "opencv_python.libs", "pycurl.libs",
              "simplejpeg.libs", "pyspng.libs", "pyarrow.libs", "google_crc32c.libs")
