@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,22 +68,25 @@ class _Config(ctypes.Structure):
     _fields_ = [("input", _Features), ("output", _DecBuffer), ("options", _Options)]
 
 
-def _candidates() -> list[str]:
-    paths = []
+def _candidates() -> Iterator[str]:
+    """The libwebp Pillow loaded, then the system's (found only if needed: ``find_library`` runs ldconfig)."""
     try:
         import PIL._webp  # noqa: F401  (loads Pillow's libwebp, if Pillow has WebP support)
 
         maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     except (ImportError, OSError):
         maps = ""
+    paths: dict[str, None] = {}  # in order, once each
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
         path = fields[5] if len(fields) == 6 else ""
         name = os.path.basename(path)
-        if name.startswith("libwebp") and ".so" in name and name.split(".so")[0].split("-")[0] == "libwebp":
-            paths.append(path)
+        if ".so" in name and name.split(".so")[0].split("-")[0] == "libwebp":  # not libwebpmux, libwebpdemux
+            paths[path] = None
+    yield from paths
     system = ctypes.util.find_library("webp")
-    return [*dict.fromkeys(paths), *([system] if system else [])]
+    if system:
+        yield system
 
 
 def _load() -> ctypes.CDLL | None:
