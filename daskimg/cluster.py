@@ -11,7 +11,7 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, get_worker
 
-from . import dashboard, forkserver
+from . import dashboard, forkserver, pages
 from .errors import ConfigError
 
 __all__ = ["default_workers", "lost_a_worker", "run_client"]
@@ -40,7 +40,8 @@ def run_client(
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
     decodes), started here and closed on exit. That cluster's dashboard is set up on its
-    first visit (see :mod:`daskimg.dashboard`).
+    first visit (see :mod:`daskimg.dashboard`); after a run that ended normally, the pages of
+    the large libraries it used are recorded for the next start (see :mod:`daskimg.pages`).
     """
     if client is not None:
         yield client
@@ -76,6 +77,17 @@ def run_client(
             if dashboard_address is not None:
                 local.run_on_scheduler(dashboard.build_on_first_visit)
             yield local
+            _remember_pages(local)
+
+
+def _remember_pages(client: Client) -> None:
+    """Which pages of the large libraries the client and the workers touched, for the next cold start."""
+    try:
+        records = [*client.run(pages.record).values(), pages.record()]
+    except Exception as e:  # only a hint for the next start: never fail a finished run for it
+        logging.getLogger(__name__).debug("could not record the pages this run used: %s", e)
+        return
+    pages.save(records)
 
 
 def lost_a_worker() -> bool:

@@ -13,6 +13,9 @@ the disk busy writing: 3.2-3.3 s with it, 4.3-5.8 s without (about 2.3 s warm). 
 the big libraries too (500 MB in all) was no faster there, and when the disk was slow
 (45 MB/s) it queued 11 s of reads ahead of the imports. On a warm cache the walk costs
 about 30 ms of a background thread. Where ``posix_fadvise`` does not exist it does nothing.
+
+The libraries over :data:`SMALL_LIBRARY` are read by page instead: the pages the last run
+touched, recorded by :mod:`daskimg.pages`, are asked for first.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from . import pages
 from .writeback import advise
 
 __all__ = ["PACKAGES", "SMALL_LIBRARY", "start"]
 
 # Libraries up to this size are read whole; bigger ones (OpenCV, Arrow, OpenBLAS: 300 MB, of which
 # an import touches a third) are left to page in as the loader touches them.
-SMALL_LIBRARY = 4 << 20
+SMALL_LIBRARY = pages.LARGE
 
 # What the command line, its fork server and its workers import (one missing is skipped), and the
 # folders where wheels keep the libraries they vendor.
@@ -54,6 +58,7 @@ def start() -> None:
 
 
 def _read_ahead() -> None:
+    pages.read_ahead()  # first the pages of the large libraries that the last run touched, if recorded
     for path in _files():
         advise(path, os.POSIX_FADV_WILLNEED)
 

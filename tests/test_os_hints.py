@@ -1,17 +1,19 @@
-"""The two page-cache hints: read the imports ahead, and do not keep written output cached."""
+"""The page-cache hints: read the imports ahead (and the pages the last run used), do not keep output cached."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import mmap
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from daskimg import warmup, writeback
+from daskimg import pages, warmup, writeback
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="posix_fadvise / mincore")
 
@@ -86,3 +88,47 @@ def test_written_files_leave_the_page_cache_once_the_window_has_passed(tmp_path:
 
 def test_written_tolerates_a_file_that_is_already_gone(tmp_path: Path) -> None:
     writeback.written(str(tmp_path / "never-written"), 10)
+
+
+_RUN_AND_RECORD = """
+from daskimg.cluster import run_client
+if __name__ == "__main__":
+    with run_client(workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        client.submit(sum, [1, 2]).result()
+"""
+
+
+@linux_only
+def test_a_run_records_the_pages_of_large_libraries_it_used_and_the_next_start_asks_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_RECORD], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = json.loads(pages.cache_file().read_text())["files"]
+    opencv = next(path for path in files if os.path.basename(path).startswith("cv2"))
+    ranges = files[opencv]["ranges"]
+    assert ranges
+    assert all(first >= 0 and first + n <= files[opencv]["size"] // mmap.PAGESIZE + 1 for first, n in ranges)
+    recorded = sum(n for entry in files.values() for _, n in entry["ranges"])
+    assert recorded * mmap.PAGESIZE < sum(entry["size"] for entry in files.values()) / 2  # pages, not whole files
+
+    asked = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length)))
+    assert pages.read_ahead() == recorded
+    assert sum(length for _, length in asked) == recorded * mmap.PAGESIZE
+
+
+@linux_only
+def test_a_changed_library_or_a_damaged_record_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = tmp_path / "libbig.so"
+    library.write_bytes(b"\0" * (pages.LARGE + 4 * mmap.PAGESIZE))
+    pages.save([{str(library): [(0, 2)]}, {str(library): [(3, 1)]}])
+    saved = json.loads(pages.cache_file().read_text())["files"][str(library)]
+    assert saved["ranges"] == [[0, 4]]  # the union, ranges two pages apart asked for as one
+    assert pages.read_ahead() == 4
+    os.utime(library, ns=(1, 1))  # an upgrade: other bytes where the pages were
+    assert pages.read_ahead() == 0
+    pages.cache_file().write_text("{not json")
+    assert pages.read_ahead() == 0
