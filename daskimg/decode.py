@@ -13,7 +13,7 @@ the benchmark corpus, one core):
   pyspng, about twice Pillow's speed;
 * WebP (still images): for a centre crop, libwebp decodes just the cropped region, reduced
   by the largest integer factor that still covers the target (see :mod:`daskimg.libwebp`):
-  3.2-3.9 ms where OpenCV's full-size decode plus the resize take 5.2-6.2 ms; otherwise
+  3.3 ms with the resize, where OpenCV's full-size decode plus the resize take 5.8 ms; otherwise
   libwebp through OpenCV, at full size;
 * everything else, and any file a fast decoder rejects: Pillow, which stays the reference.
 """

@@ -154,8 +154,6 @@ def decode(data: bytes, crop: tuple[int, int, int, int], min_width: int, min_hei
     return pixels
 
 
-
-
 def _boxes(start: int, size: int, factor: int) -> tuple[int, int]:
     """``(first, count)``: whole boxes of ``factor`` pixels in ``start .. start + size``, centred.
 
