@@ -213,12 +213,17 @@ class Job:
                 futures = c.compute(self.graph(output, todo))
                 keys = {f.key: k for f, k in zip(futures, todo, strict=True)}
                 try:
-                    for future in as_completed(futures):
+                    # Results come with the iteration: this thread then waits only inside as_completed,
+                    # where Ctrl-C is clean. Interrupted inside Future.result(), distributed's sync()
+                    # can log a NameError traceback from its cancel callback (distributed 2026.8).
+                    for future, result in as_completed(futures, with_results=True, raise_errors=False):
                         if future.status == "error":
                             error = future.exception()
                             failed[keys[future.key]] = f"{type(error).__name__}: {error}"
                             continue
-                        report: ChunkReport = future.result()
+                        if isinstance(result, BaseException):  # cancelled from elsewhere
+                            raise result
+                        report: ChunkReport = result
                         processed += report.rows
                         bar.update(report.rows, report.counts)
                 finally:
