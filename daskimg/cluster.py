@@ -40,8 +40,9 @@ def run_client(
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
     decodes), started here and closed on exit. That cluster's dashboard is set up on its
-    first visit (see :mod:`daskimg.dashboard`); after a run that ended normally, the pages of
-    the large libraries it used are recorded for the next start (see :mod:`daskimg.pages`).
+    first visit (see :mod:`daskimg.dashboard`); after a run that ended normally, what the
+    processes loaded is recorded for the next cold start, when a record is due (see
+    :mod:`daskimg.pages`).
     """
     if client is not None:
         yield client
@@ -81,13 +82,15 @@ def run_client(
 
 
 def _remember_pages(client: Client) -> None:
-    """Which pages of the large libraries the client and the workers touched, for the next cold start."""
+    """What the client, the workers and the fork server loaded, for the next cold start (when due)."""
+    if not pages.wanted():
+        return
     try:
-        records = [*client.run(pages.record).values(), pages.record()]
+        records = [pages.record(), *client.run(pages.record).values()]
     except Exception as e:  # only a hint for the next start: never fail a finished run for it
         logging.getLogger(__name__).debug("could not record the pages this run used: %s", e)
         return
-    pages.save(records)
+    pages.save(records, unordered=[pages.touched(pid) for pid in forkserver.pids()])
 
 
 def lost_a_worker() -> bool:

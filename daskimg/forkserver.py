@@ -23,7 +23,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["METHOD", "WORKER_IMPORTS", "ignoring_sigint", "start"]
+__all__ = ["METHOD", "WORKER_IMPORTS", "ignoring_sigint", "pids", "start"]
 
 METHOD = "forkserver"
 # What a worker needs to run daskimg's tasks, imported by the server before it forks any worker.
@@ -35,6 +35,12 @@ def start() -> None:
     with ignoring_sigint():
         multiprocessing.get_context(METHOD).set_forkserver_preload(WORKER_IMPORTS)
         multiprocessing.forkserver.ensure_running()
+
+
+def pids() -> list[int]:
+    """The fork server's process id, if this process started one that runs still."""
+    pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)  # no public accessor
+    return [pid] if isinstance(pid, int) else []
 
 
 @contextlib.contextmanager

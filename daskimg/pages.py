@@ -1,31 +1,44 @@
-"""Which pages of the large libraries a run touches: recorded after one run, read ahead by the next.
+"""What a run reads as it starts, in the order it reads it: recorded after one run, read ahead by the next.
 
-A cold start reads the large libraries (OpenCV, Arrow, OpenBLAS, Blosc: 18 files over 4 MiB)
-through page faults, and on a VM whose disk reads ahead 8 MiB around each fault that comes
-to about 310 MB, of which a run uses about 66 MB. After a run on a local cluster,
-:func:`record` (in the client and in each worker) reads from ``/proc/self/pagemap`` which
-pages of those files the process has mapped, :func:`save` keeps their union in the user's
-cache folder, and the next start asks for just those pages first (:func:`read_ahead`), the
-way systemd-readahead replayed a boot. A file whose size or modification time changed since
-(an upgrade) is skipped. Measured with reads held to 30 MB/s and a cold page cache, a 10-URL
-run read 318 MB instead of 467 MB and took 11.4 s instead of 15.4 s.
+A cold start reads about 150 MB of compiled modules and libraries. Read as the imports ask
+for them, on a VM whose disk reads 8 MiB around each page fault, that came to 310 MB, one
+fault after another. After a run on a local cluster, :func:`record` lists what the client
+and each worker loaded, in the order they loaded it: each imported module's compiled file
+whole, each mapped file by the pages the process touched (``/proc/self/pagemap``);
+:func:`touched` adds the pages the fork server touched, whose imports ran library set-up
+code that the workers forked from it never run again. :func:`save` keeps the union, in load
+order, in the user's cache folder. The next start asks for exactly that, in that order,
+and for nothing else (:func:`read_ahead`): the reads are queued at once, those the imports
+need first come first, and the imports' page faults find their pages in memory or on their
+way instead of reading around them. This is how systemd-readahead replayed a boot.
+
+A file whose size or modification time changed since (an upgrade) is skipped, and read when
+imported; the next run then records again (:func:`wanted`), as it does once a day anyway.
+
+Measured with reads held to 25 MB/s and the page cache dropped, a 20-URL run (1.4-1.7 s
+warm) took 5.5-7.6 s and read 100-157 MB, against 12.6-12.9 s and 307-313 MB with the
+record this replaced (pages of the libraries over 4 MiB only, other files read whole).
 
 Linux only; anywhere else, and on any error, these do nothing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
-import struct
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LARGE", "cache_file", "read_ahead", "record", "save"]
+__all__ = ["REFRESH", "cache_file", "read_ahead", "record", "save", "touched", "wanted"]
 
-LARGE = 4 << 20  # smaller files are read whole by daskimg.warmup; these are read by page
-_PRESENT = 1 << 63  # pagemap entry: the page is mapped in this process
 _GAP = 16  # pages: ranges closer than this are asked for as one
+_NOT_FILES = ("/dev/", "/proc/", "/sys/")
+REFRESH = 24 * 3600  # seconds: a younger record of unchanged files is kept as it is
 Ranges = list[tuple[int, int]]  # (first page, number of pages)
 
 
@@ -36,34 +49,142 @@ def cache_file() -> Path:
 
 
 def record() -> dict[str, Ranges]:
-    """The pages of files over :data:`LARGE` that this process has mapped, as ranges per file."""
-    pages: dict[str, set[int]] = {}
+    """What this process loaded, in load order: modules' files whole, libraries by the pages touched."""
     try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
-    except OSError:
-        return {}
-    try:
-        for line in maps:
-            fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
-            if len(fields) < 6 or not fields[5].startswith("/"):
-                continue
-            path = fields[5]
-            try:
-                if os.path.getsize(path) <= LARGE:
-                    continue
-            except OSError:  # deleted, or not a file
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            first = int(fields[2], 16) // mmap.PAGESIZE
-            entries = os.pread(fd, (end - start) // mmap.PAGESIZE * 8, start // mmap.PAGESIZE * 8)
-            mapped = pages.setdefault(path, set())
-            mapped.update(first + i for i, (e,) in enumerate(struct.iter_unpack("<Q", entries)) if e & _PRESENT)
+        mapped = _Mapped("self")
+        order = _load_order(mapped)
     except (OSError, ValueError):
         return {}
-    finally:
-        os.close(fd)
-    return {path: _ranges(p) for path, p in pages.items() if p}
+    recorded: dict[str, Ranges] = {}
+    for path in order:
+        if path in mapped.pages:
+            recorded[path] = mapped.ranges(path)
+        elif path.endswith((".pyc", ".py")):
+            try:
+                recorded[path] = [(0, -(-os.path.getsize(path) // mmap.PAGESIZE))]
+            except OSError:
+                continue
+    recorded.update((path, mapped.ranges(path)) for path in mapped.pages if path not in recorded)  # data files
+    return {path: ranges for path, ranges in recorded.items() if ranges}
+
+
+def touched(pid: int) -> dict[str, Ranges]:
+    """The pages of files that process ``pid`` has mapped and touched, in no particular order.
+
+    For a process whose imports cannot be listed from here: the fork server, whose imports
+    run code (library constructors, module set-up) that the workers forked from it never run
+    again, so that those pages are missing from the workers' own records.
+    """
+    try:
+        mapped = _Mapped(str(pid))
+    except (OSError, ValueError):
+        return {}
+    return {path: ranges for path in mapped.pages if (ranges := mapped.ranges(path))}
+
+
+class _Mapped:
+    """The files a process has mapped, and which of their pages it touched (``/proc/PID/maps`` and ``pagemap``)."""
+
+    def __init__(self, pid: str) -> None:
+        import numpy as np  # (loaded in every process that records: a run's client and workers)
+
+        self.pages: dict[str, list[np.ndarray]] = {}
+        self.by_inode: dict[tuple[int, int], str] = {}
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+        try:
+            for line in maps:
+                fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+                if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith(_NOT_FILES):
+                    continue  # anonymous memory, or shared memory and devices (/dev/shm ...): nothing to read
+                path = fields[5]
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                self.by_inode[os.makedev(major, minor), int(fields[4])] = path
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                entries = np.frombuffer(
+                    os.pread(fd, (end - start) // mmap.PAGESIZE * 8, start // mmap.PAGESIZE * 8), dtype="<u8"
+                )
+                present = np.flatnonzero(entries >> np.uint64(63)) + int(fields[2], 16) // mmap.PAGESIZE
+                self.pages.setdefault(path, []).append(present)
+        finally:
+            os.close(fd)
+
+    def ranges(self, path: str) -> Ranges:
+        import numpy as np
+
+        return _ranges(np.unique(np.concatenate(self.pages[path])).tolist())
+
+    def path_of(self, file: str) -> str | None:
+        """The path under which ``file`` (any name of it) is mapped, if it is."""
+        try:
+            st = os.stat(file)
+        except OSError:
+            return None
+        return self.by_inode.get((st.st_dev, st.st_ino))
+
+
+def _load_order(mapped: _Mapped) -> list[str]:
+    """Imported modules' files and mapped libraries, interleaved in the order this process loaded them.
+
+    ``sys.modules`` keeps the import order; the dynamic linker's list keeps the order of the
+    libraries, each extension module followed by the libraries it brought in.
+    """
+    libraries = [path for name in _libraries() if (path := mapped.path_of(name))]
+    position = {path: i for i, path in enumerate(libraries)}
+    files = [f for m in list(sys.modules.values()) if isinstance(f := getattr(m, "__file__", None), str)]
+    loaded = {f: position.get(mapped.path_of(f) or "") for f in files if f.endswith(".so")}
+    extensions = sorted(i for i in loaded.values() if i is not None)
+    order: list[str] = []
+    for file in files:
+        at = loaded.get(file)
+        if at is None:
+            order.append(_compiled(file))
+        else:  # this extension module, and the libraries loaded after it, up to the next one
+            order.extend(libraries[at:next((i for i in extensions if i > at), len(libraries))])
+    order.extend(libraries)  # those loaded before any extension module (the interpreter's own)
+    return list(dict.fromkeys(order))
+
+
+class _LinkMap(ctypes.Structure):
+    pass
+
+
+_LinkMap._fields_ = [
+    ("addr", ctypes.c_void_p),
+    ("name", ctypes.c_char_p),
+    ("dynamic", ctypes.c_void_p),
+    ("next", ctypes.POINTER(_LinkMap)),
+    ("prev", ctypes.POINTER(_LinkMap)),
+]
+
+
+class _RDebug(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_int), ("map", ctypes.POINTER(_LinkMap))]
+
+
+def _libraries() -> list[str]:
+    """The shared libraries of this process in load order (the dynamic linker's ``_r_debug`` list)."""
+    try:
+        link = _RDebug.in_dll(ctypes.CDLL(None), "_r_debug").map
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = []
+    while link:
+        name = link.contents.name
+        if name and name.startswith(b"/"):
+            names.append(os.fsdecode(name))
+        link = link.contents.next
+    return names
+
+
+def _compiled(source: str) -> str:
+    """The file an import of ``source`` read: its bytecode in ``__pycache__`` when there is one."""
+    if source.endswith(".py"):
+        folder, name = os.path.split(source)
+        cached = os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")
+        if os.path.exists(cached):
+            return cached
+    return source
 
 
 def _ranges(pages: set[int]) -> Ranges:
@@ -76,36 +197,67 @@ def _ranges(pages: set[int]) -> Ranges:
     return [(a, b - a) for a, b in ranges]
 
 
-def save(records: list[dict[str, Ranges]]) -> None:
-    """Keep the union of ``records`` (from :func:`record` in several processes) for the next start."""
+def save(records: Sequence[dict[str, Ranges]], unordered: Sequence[dict[str, Ranges]] = ()) -> None:
+    """Keep the union of ``records`` (from :func:`record` in several processes) for the next start.
+
+    The files keep their load order: each file goes where it came earliest, as a share of
+    the record it came in, so that processes that started together are interleaved. Pages
+    from ``unordered`` records (:func:`touched`) join their files wherever those are, or the end.
+    """
     union: dict[str, set[int]] = {}
-    for rec in records:
-        for path, ranges in rec.items():
-            union.setdefault(path, set()).update(p for a, n in ranges for p in range(a, a + n))
+    first: dict[str, float] = {}
+    for ordered, group in ((True, records), (False, unordered)):
+        for rec in group:
+            for i, (path, ranges) in enumerate(rec.items()):
+                union.setdefault(path, set()).update(p for a, n in ranges for p in range(a, a + n))
+                first[path] = min(first.get(path, 1.0), i / len(rec) if ordered else 1.0)
     files = {}
-    for path, p in union.items():
+    for path in sorted(union, key=first.__getitem__):
         try:
             st = os.stat(path)
         except OSError:
             continue
-        files[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ranges": _ranges(p)}
+        files[path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ranges": _ranges(union[path])}
     target = cache_file()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"version": 1, "files": files}))
+        tmp.write_text(json.dumps({"version": 2, "files": files}))
         os.replace(tmp, target)
     except OSError:  # a read-only home: no record, no harm
         pass
 
 
-def read_ahead() -> int:
-    """Ask for the recorded pages of files that have not changed since; returns the pages asked for."""
+def wanted() -> bool:
+    """Whether a run should record: no record, one older than :data:`REFRESH`, or one of changed files.
+
+    Recording costs about 0.15 s of a run (the client's record, the workers', the fork
+    server's), for a record that changes little from one run to the next.
+    """
+    try:
+        if time.time() - cache_file().stat().st_mtime > REFRESH:
+            return True
+        files = _saved()
+        for path, entry in files.items():
+            st = os.stat(path)
+            if (st.st_size, st.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
+                return True
+    except (OSError, TypeError, KeyError):
+        return True
+    return not files
+
+
+def _saved() -> dict[str, dict[str, Any]]:
     try:
         saved = json.loads(cache_file().read_text())
-        files = saved["files"] if saved.get("version") == 1 else {}
+        return saved["files"] if saved.get("version") == 2 and isinstance(saved["files"], dict) else {}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return 0
+        return {}
+
+
+def read_ahead() -> int:
+    """Ask for the recorded pages of files that have not changed since, in order; returns the pages asked for."""
+    files = _saved()
     asked = 0
     for path, entry in files.items():
         try:

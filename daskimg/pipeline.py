@@ -228,9 +228,20 @@ class Job:
                         bar.update(report.rows, report.counts)
                 finally:
                     c.cancel(futures)
-        bar.draw(final=True)
-        counts = output.status_counts()
-        record = output.read_settings() or {}
-        output.write_settings({**record, "counts": counts})
+                bar.draw(final=True)
+                # Still inside: a local cluster's record of the pages a run uses (daskimg.pages) then
+                # covers the metadata reading that this step does.
+                counts = _count_statuses(output)
+        else:
+            bar.draw(final=True)
+            counts = _count_statuses(output)
         return Summary(path, self.parts.n_rows, counts, time.monotonic() - start, processed,
                        len(done), failed, dashboard)
+
+
+def _count_statuses(output: Output) -> dict[str, int]:
+    """Rows per status over the whole output, also kept in its settings."""
+    counts = output.status_counts()
+    record = output.read_settings() or {}
+    output.write_settings({**record, "counts": counts})
+    return counts

@@ -3,19 +3,19 @@
 A run imports about 1,400 modules (pandas, dask, distributed, numpy, pyarrow, zarr ...) and
 loads about 170 shared libraries. When those files have left the page cache (the first run
 after a boot, or after the kernel reclaimed file pages left idle), every import waits for its
-own small read, one after another. :func:`start` walks the packages' folders on a background
-thread and asks for every compiled module and every library up to :data:`SMALL_LIBRARY` with
-``posix_fadvise(WILLNEED)`` (about 140 MB): the reads are queued together, and the imports
-that follow find the files in memory or already on their way.
+own small read, one after another. :func:`start` starts a background thread that asks for
+them with ``posix_fadvise(WILLNEED)``: the reads are queued together, and the imports that
+follow find the files in memory or already on their way.
 
-Measured on the benchmark VM, a 20-URL run from a dropped cache while another process kept
-the disk busy writing: 3.2-3.3 s with it, 4.3-5.8 s without (about 2.3 s warm). Asking for
-the big libraries too (500 MB in all) was no faster there, and when the disk was slow
-(45 MB/s) it queued 11 s of reads ahead of the imports. On a warm cache the walk costs
-about 30 ms of a background thread. Where ``posix_fadvise`` does not exist it does nothing.
-
-The libraries over :data:`SMALL_LIBRARY` are read by page instead: the pages the last run
-touched, recorded by :mod:`daskimg.pages`, are asked for first.
+What it asks for: when the last run was recorded (:mod:`daskimg.pages`), exactly what that
+run loaded, in the order it loaded it. Otherwise (the first run, or after an upgrade of
+everything) it walks the packages' folders and asks for every compiled module and every
+library up to :data:`SMALL_LIBRARY` (about 140 MB); the big libraries then page in as used.
+Measured without a record, a 20-URL run from a dropped cache while another process kept the
+disk busy writing: 3.2-3.3 s with the walk, 4.3-5.8 s without (about 2.3 s warm). Asking for
+the big libraries whole too (500 MB in all) was no faster there, and when the disk was slow
+(45 MB/s) it queued 11 s of reads ahead of the imports. On a warm cache either costs about
+30 ms of a background thread. Where ``posix_fadvise`` does not exist it does nothing.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from .writeback import advise
 
 __all__ = ["PACKAGES", "SMALL_LIBRARY", "start"]
 
-# Libraries up to this size are read whole; of bigger ones (OpenCV, Arrow, OpenBLAS: 300 MB, of which
-# a run touches about 70 MB) only the pages the last run touched, when daskimg.pages recorded them.
-SMALL_LIBRARY = pages.LARGE
+# Without a record, libraries up to this size are read whole; bigger ones (OpenCV, Arrow, OpenBLAS:
+# 300 MB, of which a run touches about 70 MB) page in as used.
+SMALL_LIBRARY = 4 << 20
 
 # What the command line, its fork server and its workers import (one missing is skipped), and the
 # folders where wheels keep the libraries they vendor.
@@ -58,7 +58,8 @@ def start() -> None:
 
 
 def _read_ahead() -> None:
-    pages.read_ahead()  # first the pages of the large libraries that the last run touched, if recorded
+    if pages.read_ahead():  # what the last run loaded, in order, if it was recorded
+        return
     for path in _files():
         advise(path, os.POSIX_FADV_WILLNEED)
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,19 +100,31 @@ if __name__ == "__main__":
 
 
 @linux_only
-def test_a_run_records_the_pages_of_large_libraries_it_used_and_the_next_start_asks_for_them(
+def test_a_run_records_what_it_loaded_in_load_order_and_the_next_start_asks_for_just_that(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     done = subprocess.run([sys.executable, "-c", _RUN_AND_RECORD], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     files = json.loads(pages.cache_file().read_text())["files"]
-    opencv = next(path for path in files if os.path.basename(path).startswith("cv2"))
-    ranges = files[opencv]["ranges"]
-    assert ranges
-    assert all(first >= 0 and first + n <= files[opencv]["size"] // mmap.PAGESIZE + 1 for first, n in ranges)
+    order = list(files)
+
+    def first(predicate: Callable[[str], bool]) -> int:
+        return next(i for i, path in enumerate(order) if predicate(path))
+
+    # Libraries by the pages used, inside the file; compiled modules whole.
+    opencv = order[first(lambda p: os.path.basename(p).startswith("cv2.") and p.endswith(".so"))]
+    size = -(-files[opencv]["size"] // mmap.PAGESIZE)
+    assert all(start >= 0 and start + n <= size for start, n in files[opencv]["ranges"])
     recorded = sum(n for entry in files.values() for _, n in entry["ranges"])
     assert recorded * mmap.PAGESIZE < sum(entry["size"] for entry in files.values()) / 2  # pages, not whole files
+    compiled = f"{os.sep}numpy{os.sep}__pycache__{os.sep}__init__.{sys.implementation.cache_tag}.pyc"
+    numpy_init = order[first(lambda p: p.endswith(compiled))]
+    assert files[numpy_init]["ranges"] == [[0, -(-files[numpy_init]["size"] // mmap.PAGESIZE)]]
+    # In the order they were loaded: numpy before OpenCV (which imports it), and the libraries
+    # OpenCV's module brought in right after it, before the next extension module.
+    assert order.index(numpy_init) < order.index(opencv)
+    assert first(lambda p: "opencv_python" in p and ".libs" in p) == order.index(opencv) + 1
 
     asked = []
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: asked.append((offset, length)))
@@ -120,10 +133,66 @@ def test_a_run_records_the_pages_of_large_libraries_it_used_and_the_next_start_a
 
 
 @linux_only
+def test_the_pages_another_process_touched_are_found() -> None:
+    """How the fork server's pages are recorded: it runs library set-up code that its workers never run again."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys, numpy; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            touched = pages.touched(child.pid)
+            if any("numpy" in path for path in touched):
+                break
+            threading.Event().wait(0.1)
+    finally:
+        child.communicate(b"")
+    umath = next(path for path in touched if os.path.basename(path).startswith("_multiarray_umath"))
+    assert 0 < sum(n for _, n in touched[umath]) <= -(-os.path.getsize(umath) // mmap.PAGESIZE)
+    assert pages.touched(child.pid) == {}  # gone: nothing, and no error
+
+
+def test_records_of_processes_that_started_together_are_interleaved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    names = [tmp_path / name for name in ("a", "b", "c", "d", "e", "f")]
+    for path in names:
+        path.write_bytes(b"\0" * mmap.PAGESIZE)
+    a, b, c, d, e, f = (str(path) for path in names)
+    client = {a: [(0, 1)], b: [(0, 1)], c: [(0, 1)], d: [(0, 1)]}
+    worker = {a: [(0, 1)], e: [(0, 1)]}  # e came halfway through the worker's loading, b a quarter into the client's
+    server = {f: [(0, 1)], a: [(0, 1)]}  # unordered: f joins at the end
+    pages.save([client, worker], unordered=[server])
+    assert list(json.loads(pages.cache_file().read_text())["files"]) == [a, b, c, e, d, f]
+
+
+@linux_only
+def test_a_record_is_made_again_when_it_is_missing_old_or_of_changed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = tmp_path / "lib.so"
+    library.write_bytes(b"\0" * mmap.PAGESIZE)
+    assert pages.wanted()  # none yet
+    pages.save([{str(library): [(0, 1)]}])
+    assert not pages.wanted()
+    old = pages.cache_file().stat().st_mtime - pages.REFRESH - 1
+    os.utime(pages.cache_file(), (old, old))
+    assert pages.wanted()
+    pages.save([{str(library): [(0, 1)]}])
+    library.write_bytes(b"\0" * 2 * mmap.PAGESIZE)  # an upgrade
+    assert pages.wanted()
+
+
+def test_with_a_record_the_read_ahead_asks_for_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pages, "read_ahead", lambda: 12)
+    monkeypatch.setattr(warmup, "_files", lambda: pytest.fail("walked the packages despite a record"))
+    warmup._read_ahead()
+
+
+@linux_only
 def test_a_changed_library_or_a_damaged_record_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     library = tmp_path / "libbig.so"
-    library.write_bytes(b"\0" * (pages.LARGE + 4 * mmap.PAGESIZE))
+    library.write_bytes(b"\0" * (8 * mmap.PAGESIZE))
     pages.save([{str(library): [(0, 2)]}, {str(library): [(3, 1)]}])
     saved = json.loads(pages.cache_file().read_text())["files"][str(library)]
     assert saved["ranges"] == [[0, 4]]  # the union, ranges two pages apart asked for as one
