@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -227,13 +228,22 @@ def entry_point() -> NoReturn:
 
     Importing Dask, pandas and Bokeh makes millions of long-lived objects; the garbage
     collector is off meanwhile, and they are frozen afterwards, so that later collections
-    skip them. At exit, freezing everything skips a last collection of the whole heap
-    (half a second) that would free nothing the operating system does not reclaim anyway.
+    skip them.
+
+    When :func:`main` returns, the run's files are written and closed, its cluster is
+    closed and the summary is printed. What the interpreter's exit would do then frees
+    nothing the operating system does not reclaim anyway: a last collection of the whole
+    heap, and the destructors of about 170 libraries, whose code no earlier step ran. After
+    a cold start that code is not in memory yet: reading it took 1.6 s of a 10-second run
+    on a disk read at 25 MB/s. So the process ends at once, with its output flushed.
     """
     gc.disable()
     code = main()
-    gc.freeze()
-    sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say anyway
+            stream.flush()
+    os._exit(code)
 
 
 def _imports_done() -> None:
