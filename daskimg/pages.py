@@ -24,13 +24,15 @@ Linux only; anywhere else, and on any error, these do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import importlib.util
 import json
 import mmap
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,14 +182,14 @@ def _libraries() -> list[str]:
 def _compiled(source: str) -> str:
     """The file an import of ``source`` read: its bytecode in ``__pycache__`` when there is one."""
     if source.endswith(".py"):
-        folder, name = os.path.split(source)
-        cached = os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")
-        if os.path.exists(cached):
-            return cached
+        with contextlib.suppress(NotImplementedError):  # (an interpreter that writes no bytecode)
+            cached = importlib.util.cache_from_source(source)
+            if os.path.exists(cached):
+                return cached
     return source
 
 
-def _ranges(pages: set[int]) -> Ranges:
+def _ranges(pages: Iterable[int]) -> Ranges:
     ranges: list[list[int]] = []
     for p in sorted(pages):
         if ranges and p - ranges[-1][1] <= _GAP:
@@ -238,13 +240,16 @@ def wanted() -> bool:
         if time.time() - cache_file().stat().st_mtime > REFRESH:
             return True
         files = _saved()
-        for path, entry in files.items():
-            st = os.stat(path)
-            if (st.st_size, st.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
-                return True
+        if not all(_unchanged(os.stat(path), entry) for path, entry in files.items()):
+            return True
     except (OSError, TypeError, KeyError):
         return True
     return not files
+
+
+def _unchanged(st: os.stat_result, entry: dict[str, Any]) -> bool:
+    """Whether the file behind ``st`` is the one recorded in ``entry`` (same size and modification time)."""
+    return (st.st_size, st.st_mtime_ns) == (entry["size"], entry["mtime_ns"])
 
 
 def _saved() -> dict[str, dict[str, Any]]:
@@ -265,8 +270,7 @@ def read_ahead() -> int:
         except OSError:
             continue
         try:
-            st = os.fstat(fd)
-            if (st.st_size, st.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
+            if not _unchanged(os.fstat(fd), entry):
                 continue
             for first, count in entry["ranges"]:
                 os.posix_fadvise(fd, first * mmap.PAGESIZE, count * mmap.PAGESIZE, os.POSIX_FADV_WILLNEED)
