@@ -5,12 +5,32 @@ worker from itself. The garbage collector is off while the imports run (they mak
 millions of objects, none of them garbage), and the result is frozen: a worker's
 collections never walk these objects, so they cost no CPU and the pages stay shared with
 the server instead of being copied into each worker.
+
+The workers also inherit one malloc arena (glibc's ``M_ARENA_MAX``), set here while the server
+has its one thread. By default glibc gives each busy thread an arena of its own, and each
+arena keeps the free memory of its thread's last big chunk: the fetching thread's bodies,
+the decoding thread's pixels. Shared, the free memory of one chunk serves the next, whatever
+thread it lands on. Measured over 40k URLs: the process tree's PSS had a median of 695 MiB
+and a peak of 749 MiB, against 789 and 851 MiB, at the same speed (the decoders and libcurl
+allocate little per image, so the threads seldom wait on the arena's lock).
 """
 
 import atexit
+import contextlib
+import ctypes
 import gc
 import os
 
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def _one_malloc_arena() -> None:
+    """All threads of this process and of its forks allocate from one arena (glibc only; elsewhere nothing)."""
+    with contextlib.suppress(AttributeError, OSError):  # no mallopt (macOS), or no C library to ask
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+
+
+_one_malloc_arena()
 gc.disable()
 
 import dask.dataframe  # noqa: E402, F401  (the tasks that read input partitions)

@@ -45,6 +45,51 @@ def test_a_worker_restarted_after_a_crash_comes_from_the_fork_server_and_ignores
     assert done.stdout.splitlines() == ["first (True, True)", "restarted (True, True)"], done.stderr[-3000:]
 
 
+_ARENAS = textwrap.dedent("""
+    import ctypes, os, tempfile, threading
+    from daskimg.cluster import run_client
+
+    def arenas():
+        # Threads that allocate at once, as a worker's fetching and decoding threads do; then
+        # glibc's malloc_stats (on stderr) lists one "Arena N:" block per arena.
+        ready = threading.Barrier(4)
+        def allocate():
+            ready.wait()
+            held = [bytearray(200_000) for _ in range(20)]
+            ready.wait()
+        threads = [threading.Thread(target=allocate) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        libc = ctypes.CDLL(None)
+        with tempfile.TemporaryFile() as f:
+            saved = os.dup(2)
+            libc.fflush(None)
+            os.dup2(f.fileno(), 2)
+            libc.malloc_stats()
+            libc.fflush(None)
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            return f.read().decode().count("Arena ")
+
+    if __name__ == "__main__":
+        with run_client(workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            (worker,) = client.run(arenas).values()
+        print(worker, arenas())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_workers_share_one_malloc_arena_so_freed_chunks_serve_any_thread() -> None:
+    done = subprocess.run([sys.executable, "-c", _ARENAS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    worker, plain = (int(n) for n in done.stdout.split())
+    assert plain > 1  # the probe sees the arenas that threads get by default
+    assert worker == 1
+
+
 def _use(expected: Client) -> None:
     with run_client() as given:
         assert given is expected
