@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,7 @@ _ARENAS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
 def test_workers_share_one_malloc_arena_so_freed_chunks_serve_any_thread() -> None:
     done = subprocess.run([sys.executable, "-c", _ARENAS], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
