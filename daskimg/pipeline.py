@@ -15,6 +15,7 @@ processes. Only chunk reports (counts) come back to the client.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -204,9 +205,12 @@ class Job:
         failed: dict[int, str] = {}
         dashboard = None
         processed = 0
-        if todo:
-            with run_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
-                            dashboard_address=dashboard_address) as c:
+        # With nothing to do, no cluster. Else the final count runs inside the cluster's block: a local
+        # cluster's record of the pages a run uses (daskimg.pages) then covers its metadata reading.
+        cluster = run_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
+                             dashboard_address=dashboard_address) if todo else contextlib.nullcontext()
+        with cluster as c:
+            if c is not None:
                 dashboard = c.dashboard_link
                 if on_client is not None:
                     on_client(c)
@@ -228,11 +232,6 @@ class Job:
                         bar.update(report.rows, report.counts)
                 finally:
                     c.cancel(futures)
-                bar.draw(final=True)
-                # Still inside: a local cluster's record of the pages a run uses (daskimg.pages) then
-                # covers the metadata reading that this step does.
-                counts = _count_statuses(output)
-        else:
             bar.draw(final=True)
             counts = _count_statuses(output)
         return Summary(path, self.parts.n_rows, counts, time.monotonic() - start, processed,
