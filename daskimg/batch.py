@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import isolate as isolation
+from .cluster import only_waiting
 from .colour import srgb_converter
 from .config import FetchOptions, PreprocessOptions
 from .decode import DecodeError, decode
@@ -77,9 +78,14 @@ class ImagePartition:
     meta: pd.DataFrame
 
 
-def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> FetchedPartition:
-    """Download every URL of ``rows`` (threads, in order)."""
-    return FetchedPartition(rows, url_col, fetch_batch(rows[url_col].tolist(), opts))
+def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions, *, defer: bool = False) -> FetchedPartition:
+    """Download every URL of ``rows``, in order.
+
+    With ``defer``, the slowest may come back ``deferred``; the task waits for them out of
+    its worker's thread pool, which meanwhile runs another task.
+    """
+    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=only_waiting if defer else None)
+    return FetchedPartition(rows, url_col, results)
 
 
 def preprocess_partition(

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster, get_worker
+from distributed import Client, LocalCluster, get_worker, rejoin, secede
 
 from . import dashboard, forkserver, pages
 from .errors import ConfigError
 
-__all__ = ["default_workers", "lost_a_worker", "run_client"]
+__all__ = ["default_workers", "lost_a_worker", "only_waiting", "run_client"]
 
 
 def default_workers() -> int:
@@ -110,6 +110,25 @@ def lost_a_worker() -> bool:
     except Exception as e:  # the answer only chooses the safer, slower path: never fail the task for it
         logging.getLogger(__name__).warning("could not ask the scheduler about task %s: %s", key, e)
         return False
+
+
+@contextlib.contextmanager
+def only_waiting() -> Iterator[None]:
+    """Leave the Dask worker's thread pool meanwhile, for a task that only waits on the network.
+
+    The worker starts another task in the freed slot (``distributed.secede``); on leaving,
+    this task waits for a slot again (``rejoin``). Outside a worker there is nothing to leave.
+    """
+    try:
+        get_worker()
+    except ValueError:
+        yield
+        return
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()
 
 
 def _suspicious(key: object, dask_scheduler: Any = None) -> int:

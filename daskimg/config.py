@@ -82,6 +82,13 @@ class FetchOptions:
         Record ``X-Robots-Tag: noai`` / ``noimageai`` answers as opted out.
     user_agent
         The User-Agent header; it names daskimg by default.
+    defer_after
+        Seconds a chunk waits at most for its slowest URLs; 0 waits for every URL. Once 90% of
+        a chunk's URLs are done, it waits three times as long as that took (at least 0.25 s)
+        and no longer. The URLs still going are then fetched again on their own, with the whole
+        ``timeout``, ``retries`` and ``deadline`` again, and their rows written into the chunk
+        when they are done: one URL that never answers no longer holds up its chunk's other
+        rows, in memory and on a worker thread, until its deadline.
     """
 
     timeout: float = 10.0
@@ -96,11 +103,12 @@ class FetchOptions:
     allow_private_network: bool = False
     respect_noai: bool = True
     user_agent: str = ""
+    defer_after: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("timeout", "deadline", "max_bytes", "concurrency", "per_host"):
             _positive(name, getattr(self, name))
-        for name in ("retries", "backoff", "max_retry_after", "max_redirects"):
+        for name in ("retries", "backoff", "max_retry_after", "max_redirects", "defer_after"):
             _positive(name, getattr(self, name), allow_zero=True)
         if not self.user_agent:
             from . import __version__

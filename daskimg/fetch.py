@@ -16,10 +16,15 @@ per image). Safety rules, all enforced here:
   deadline per URL and a cap on the body size; no compressed transfer encodings;
 * retries with exponential backoff and jitter for connection errors, timeouts, 429
   and 5xx only, honouring ``Retry-After`` up to a cap.
+
+A batch fetched with ``defer=True`` (a chunk of the pipeline) stops waiting for its slowest
+URLs once the rest are done (see ``FetchOptions.defer_after``): those come back as
+``deferred``, to be fetched again on their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import heapq
@@ -30,7 +35,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +45,11 @@ import pycurl
 
 from .config import FetchOptions
 
-__all__ = ["FetchResult", "address_refusal", "fetch_batch", "fetch_one", "url_refusal"]
+__all__ = ["DEFERRED", "FetchResult", "address_refusal", "fetch_batch", "fetch_one", "url_refusal"]
+
+DEFERRED = "deferred"  # the status of a URL a batch stopped waiting for
+# Once this share of a batch is done, the rest get PATIENCE times as long as that took, at least MIN_PATIENCE s.
+DONE_SHARE, PATIENCE, MIN_PATIENCE = 0.9, 3.0, 0.25
 
 _MAX_URL = 8192
 _RETRY_CURL = frozenset({
@@ -268,20 +278,30 @@ class _Fetcher:
         wait = after if after is not None else o.backoff * 2 ** (t.attempt - 1) * random.uniform(0.5, 1.5)
         return now + wait if now + wait < t.deadline else None
 
-    def run(self, urls: list[object]) -> list[FetchResult]:
+    def run(self, urls: list[object], defer: bool = False,
+            stalled: Callable[[], AbstractContextManager[object]] | None = None) -> list[FetchResult]:
         """One result per URL, in order. Transfers never outlive the call, even when it fails."""
         try:
-            return self._run(urls)
+            with contextlib.ExitStack() as stack:
+                return self._run(urls, defer, lambda: stack.enter_context(stalled()) if stalled else None)
         finally:
-            for c in self.busy:  # only after an error: nothing may answer into the next batch
+            for c in self.busy:  # stopped waiting for them, or an error: nothing may answer into the next batch
                 self.multi.remove_handle(c)
                 c.close()
             self.busy.clear()
 
-    def _run(self, urls: list[object]) -> list[FetchResult]:
+    def _patience(self, start: float, done_at: float | None) -> float:
+        """When a deferring batch stops waiting: ``defer_after`` s after its start, or sooner once most are done."""
+        cap = self.opts.defer_after
+        if done_at is None:
+            return start + cap
+        return start + min(cap, max(MIN_PATIENCE, PATIENCE * (done_at - start)))
+
+    def _run(self, urls: list[object], defer: bool, stall: Callable[[], object]) -> list[FetchResult]:
         o = self.opts
         results: list[FetchResult | None] = [None] * len(urls)
         start = time.monotonic()
+        defer = defer and o.defer_after > 0
         ready: list[_Transfer] = []
         for i, url in enumerate(urls):
             refusal = url_refusal(url)
@@ -293,6 +313,9 @@ class _Fetcher:
         ready.reverse()  # pop() from the end keeps input order
         waiting: list[tuple[float, int, _Transfer]] = []  # (when, index, transfer): retries after backoff
         active = 0
+        left, most = len(ready), len(ready) - math.ceil(DONE_SHARE * len(ready))  # most are done when `left` <= `most`
+        done_at: float | None = None  # when they were
+        stalled = False
         while ready or waiting or active:
             now = time.monotonic()
             while waiting and waiting[0][0] <= now:
@@ -304,6 +327,7 @@ class _Fetcher:
                     if resume >= t.deadline:
                         results[t.index] = FetchResult("timeout", "deadline reached while the host asked to wait "
                                                        "(429 / Retry-After)")
+                        left -= 1
                     else:
                         heapq.heappush(waiting, (resume, t.index, t))
                     continue
@@ -322,15 +346,35 @@ class _Fetcher:
                     retry_at = self._retry_at(t, errno, result)
                     if retry_at is None:
                         results[t.index] = result
+                        left -= 1
                     else:
                         heapq.heappush(waiting, (retry_at, t.index, t))
                 if not queued:
                     break
+            wait = 0.05 if waiting else 1.0
+            if defer and left:
+                now = time.monotonic()
+                if done_at is None and left <= most:
+                    done_at = now
+                give_up = self._patience(start, done_at)
+                if now >= give_up:
+                    return self._deferred(results, now - start)
+                stall_at = (done_at + (done_at - start) / 4) if done_at else (start + give_up) / 2
+                if not stalled and now >= stall_at:
+                    stalled = True
+                    stall()
+                wait = min(wait, (give_up if stalled else stall_at) - now)
             if active:
-                self.multi.select(0.05 if waiting else 1.0)
+                self.multi.select(wait)
             elif waiting and not ready:
-                time.sleep(max(0.0, min(waiting[0][0] - time.monotonic(), 1.0)))
+                time.sleep(max(0.0, min(waiting[0][0] - time.monotonic(), wait)))
         return [r if r is not None else FetchResult("connection_error", "no result") for r in results]
+
+    def _deferred(self, results: list[FetchResult | None], waited: float) -> list[FetchResult]:
+        """The results, with every URL not done yet marked deferred (:meth:`run` stops their transfers)."""
+        late = FetchResult(DEFERRED, f"not done after {waited:.1f} s, when the rest of its chunk was; "
+                           "fetched again on its own")
+        return [r if r is not None else late for r in results]
 
 
 def _capped_writer(body: io.BytesIO, cap: int) -> Any:
@@ -356,10 +400,17 @@ def _fetcher(opts: FetchOptions) -> _Fetcher:
     return cached
 
 
-def fetch_batch(urls: Iterable[object], opts: FetchOptions) -> list[FetchResult]:
-    """Fetch every URL with up to ``opts.concurrency`` transfers in flight; results in input order."""
+def fetch_batch(urls: Iterable[object], opts: FetchOptions, *, defer: bool = False,
+                stalled: Callable[[], AbstractContextManager[object]] | None = None) -> list[FetchResult]:
+    """Fetch every URL with up to ``opts.concurrency`` transfers in flight; results in input order.
+
+    With ``defer``, the URLs still going when the batch stops waiting (``opts.defer_after``)
+    come back with status :data:`DEFERRED`, for the caller to fetch again; the batch waits
+    for its last URLs inside ``stalled()``, if given (a Dask task leaves its worker's thread
+    pool there).
+    """
     items = list(urls)
-    return _fetcher(opts).run(items) if items else []
+    return _fetcher(opts).run(items, defer, stalled) if items else []
 
 
 def fetch_one(url: str, opts: FetchOptions) -> FetchResult:

@@ -11,6 +11,10 @@ shows each stage::
 ``preprocess`` decodes and resizes (CPU) in the same worker, where the fetched bytes
 already are; ``write`` stores the chunk from there, so pixels never travel between
 processes. Only chunk reports (counts) come back to the client.
+
+A fetch stops waiting for its chunk's slowest URLs (``FetchOptions.defer_after``); for a
+chunk written with such ``deferred`` rows, the run adds a ``refetch-<token>-k`` task that
+fetches them again and writes them in (see :mod:`daskimg.refetch`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from .batch import FetchedPartition, ImagePartition, fetch_partition, preprocess
 from .cluster import lost_a_worker, run_client
 from .config import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
+from .fetch import DEFERRED
+from .refetch import refetch_deferred
 from .report import Progress, Summary
 from .sources import Source, read_source
 from .store import ChunkReport, Output, OutputFormat, prepare_output
@@ -144,17 +150,25 @@ class Job:
             dim_names=dims, compression=compression, settings=self.settings(format, compression), overwrite=overwrite,
         )
 
+    def _token(self, output: Output) -> str:
+        source = self.parts
+        return tokenize(source.name, source.n_rows, source.chunk, self.fetch_options, self.preprocess_options,
+                        output.path)
+
     def graph(self, output: Output, chunks: Sequence[int] | None = None) -> list[Delayed]:
-        """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport."""
+        """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport.
+
+        A chunk whose report counts ``deferred`` rows is not done until
+        :func:`daskimg.refetch.refetch_deferred` has run for it, as :meth:`run` does.
+        """
         source = self.parts
         chunks = range(source.n_chunks) if chunks is None else chunks
         parts = source.frame.to_delayed()
-        token = tokenize(source.name, source.n_rows, source.chunk, self.fetch_options, self.preprocess_options,
-                         output.path)
+        token = self._token(output)
         writes = []
         for k in chunks:
             fetched = delayed(fetch_partition, pure=True)(
-                parts[k], source.url_col, self.fetch_options, dask_key_name=(f"fetch-{token}", k))
+                parts[k], source.url_col, self.fetch_options, defer=True, dask_key_name=(f"fetch-{token}", k))
             images = delayed(_preprocess, pure=True)(
                 fetched, self.preprocess_options, dask_key_name=(f"preprocess-{token}", k))
             writes.append(delayed(output.write, pure=True)(images, dask_key_name=(f"write-{token}", k)))
@@ -216,11 +230,13 @@ class Job:
                     on_client(c)
                 futures = c.compute(self.graph(output, todo))
                 keys = {f.key: k for f, k in zip(futures, todo, strict=True)}
+                token = self._token(output)
                 try:
                     # Results come with the iteration: this thread then waits only inside as_completed,
                     # where Ctrl-C is clean. Interrupted inside Future.result(), distributed's sync()
                     # can log a NameError traceback from its cancel callback (distributed 2026.8).
-                    for future, result in as_completed(futures, with_results=True, raise_errors=False):
+                    running = as_completed(futures, with_results=True, raise_errors=False)
+                    for future, result in running:
                         if future.status == "error":
                             error = future.exception()
                             failed[keys[future.key]] = f"{type(error).__name__}: {error}"
@@ -230,6 +246,12 @@ class Job:
                         report: ChunkReport = result
                         processed += report.rows
                         bar.update(report.rows, report.counts)
+                        if report.rows and report.counts.get(DEFERRED):
+                            late = c.submit(refetch_deferred, output, report.chunk, self.fetch_options,
+                                            self.preprocess_options, key=f"refetch-{token}-{report.chunk}")
+                            keys[late.key] = report.chunk
+                            futures.append(late)
+                            running.add(late)
                 finally:
                     c.cancel(futures)
             bar.draw(final=True)

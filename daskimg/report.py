@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from .fetch import DEFERRED
+
 __all__ = ["Progress", "Summary"]
 
 
@@ -79,9 +81,10 @@ class Progress:
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "--:--:--"
         width = 24
         filled = int(width * self.done / self.total) if self.total else width
-        ok = self.counts.get("ok", 0)
+        ok, later = self.counts.get("ok", 0), self.counts.get(DEFERRED, 0)
         return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{rate:6.1f} img/s  ok {ok} failed {self.done - ok}  ETA {eta_s}")
+                f"{rate:6.1f} img/s  ok {ok} failed {self.done - ok - later}"
+                + (f" refetching {later}" if later else "") + f"  ETA {eta_s}")
 
     def draw(self, final: bool = False) -> None:
         if not self.enabled:

@@ -113,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"transfers in flight per fetch task; a worker runs one per thread (default {_F.concurrency})")
     g.add_argument("--per-host", type=int, default=_F.per_host,
                    help=f"connections to one host per fetch task (politeness; default {_F.per_host})")
+    g.add_argument("--defer-after", type=float, default=_F.defer_after,
+                   help="most seconds a chunk waits for its slowest URLs before it is written without them; they "
+                   f"are fetched again on their own and written in later (0: wait for all; default {_F.defer_after:g})")
     g.add_argument("--allow-private-network", action="store_true",
                    help="allow loopback and private addresses (link-local, e.g. 169.254.169.254, stays refused)")
     g.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai/noimageai")
@@ -187,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Settings are checked before the input is read or the output touched.
         fetch = FetchOptions(
             timeout=args.timeout, deadline=args.deadline, max_bytes=args.max_bytes, retries=args.retries,
-            concurrency=args.concurrency, per_host=args.per_host,
+            concurrency=args.concurrency, per_host=args.per_host, defer_after=args.defer_after,
             allow_private_network=args.allow_private_network or args.demo,
             respect_noai=not args.ignore_noai, user_agent=args.user_agent,
         )

@@ -40,6 +40,7 @@ from . import writeback
 from .batch import META_SCHEMA, ImagePartition
 from .config import COMPRESSIONS
 from .errors import OutputError
+from .fetch import DEFERRED
 
 __all__ = ["ChunkReport", "Output", "open_output", "prepare_output"]
 
@@ -112,25 +113,76 @@ class Output:
         return {int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()}
 
     def write(self, part: ImagePartition) -> ChunkReport:
-        """Write one partition's chunk, then its metadata part, then its done marker."""
+        """Write one partition's chunk, then its metadata part, then its done marker.
+
+        A chunk with rows still ``deferred`` (URLs fetched again on their own) gets no done
+        marker until :meth:`rewrite` has put those rows in.
+        """
         k = part.start // self.chunk
-        if part.start % self.chunk or len(part.images) != min(self.chunk, self.n_rows - part.start):
+        if part.start % self.chunk or len(part.images) != self._rows(k):
             raise OutputError(f"partition at row {part.start} is not aligned with chunk {k}")
-        if self.format == "zarr":
-            images, ok, encode = _open_arrays(self.path, self.id)
-            stop = part.start + len(part.images)
-            if encode is not None and len(part.images) == self.chunk:
-                self._put(f"images/{images.metadata.encode_chunk_key((k,) + (0,) * (images.ndim - 1))}",
-                          encode(part.images))
-            else:
-                images[part.start : stop] = part.images
-            ok[part.start : stop] = part.ok
-        else:
-            self._put(f"images/{k:08d}.npy", _npy_bytes(part.images))
-            self._put(f"ok/{k:08d}.npy", _npy_bytes(part.ok))
-        self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(part.meta))
-        self._put(f"metadata/_done/{k:08d}", b"")
+        self._store(k, part.images, part.ok, part.meta)
         return ChunkReport(k, len(part.images), dict(Counter(part.meta["status"])))
+
+    def rewrite(self, k: int, part: ImagePartition) -> ChunkReport:
+        """Put the rows of ``part`` (some rows of written chunk ``k``, by ``index``) into that chunk.
+
+        The chunk is read back, changed and written again whole. The report counts no new
+        rows; its counts are the change: the rows' new statuses, minus their old ones.
+        """
+        start = k * self.chunk
+        images, ok, meta = self._read(k)
+        at = part.meta["index"].to_numpy() - start
+        if len(at) and (at.min() < 0 or at.max() >= len(images)):
+            raise OutputError(f"rows {part.meta['index'].tolist()} are not all in chunk {k}")
+        changes = Counter(part.meta["status"])
+        changes.subtract(Counter(meta["status"].iloc[at]))
+        images[at], ok[at] = part.images, part.ok
+        for column in META_SCHEMA.names:
+            if column not in ("index", "url"):
+                meta.iloc[at, meta.columns.get_loc(column)] = part.meta[column].to_numpy()
+        self._store(k, images, ok, meta)
+        return ChunkReport(k, 0, {status: n for status, n in changes.items() if n})
+
+    def _rows(self, k: int) -> int:
+        return min(self.chunk, self.n_rows - k * self.chunk)
+
+    def _store(self, k: int, images: np.ndarray, ok: np.ndarray, meta: pd.DataFrame) -> None:
+        """Pixels and flags of chunk ``k``, its metadata part, and its done marker unless a row is deferred."""
+        start = k * self.chunk
+        if self.format == "zarr":
+            array, flags, encode = _open_arrays(self.path, self.id)
+            stop = start + len(images)
+            if encode is not None and len(images) == self.chunk:
+                self._put(f"images/{array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))}",
+                          encode(images))
+            else:
+                array[start:stop] = images
+            flags[start:stop] = ok
+        else:
+            self._put(f"images/{k:08d}.npy", _npy_bytes(images))
+            self._put(f"ok/{k:08d}.npy", _npy_bytes(ok))
+        self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(meta))
+        if not (meta["status"] == DEFERRED).any():
+            self._put(f"metadata/_done/{k:08d}", b"")
+
+    def read_meta(self, k: int) -> pd.DataFrame:
+        """The metadata part of written chunk ``k``."""
+        fs, root = self._fs
+        return pd.read_parquet(io.BytesIO(fs.cat_file(f"{root}/metadata/part-{k:08d}.parquet")))
+
+    def _read(self, k: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Chunk ``k`` as written: pixels and flags (writable copies), and its metadata part."""
+        fs, root = self._fs
+        if self.format == "zarr":
+            array, flags, _ = _open_arrays(self.path, self.id)
+            start = k * self.chunk
+            stop = start + self._rows(k)
+            images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
+        else:
+            images = np.load(io.BytesIO(fs.cat_file(f"{root}/images/{k:08d}.npy")))
+            ok = np.load(io.BytesIO(fs.cat_file(f"{root}/ok/{k:08d}.npy")))
+        return images, ok, self.read_meta(k)
 
     def read_settings(self) -> dict[str, Any] | None:
         """The settings an existing daskimg output was made with, or None."""

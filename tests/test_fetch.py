@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -169,3 +172,29 @@ def test_a_batch_that_fails_leaves_nothing_for_the_next(server: FaultServer, mon
         fetch_batch(urls, LOCAL)
     after = fetch_batch([server.url("/missing"), server.url("/img/photo.jpg")], LOCAL)
     assert [r.status for r in after] == ["http_error", "ok"]
+
+
+def test_a_deferring_batch_stops_waiting_for_its_slowest_url_and_says_so(server: FaultServer) -> None:
+    urls = [server.url(f"/img/photo.jpg?defer={i}") for i in range(20)] + [server.url("/slow")]
+    stalls = []
+
+    @contextlib.contextmanager
+    def stalled() -> Iterator[None]:
+        stalls.append(1)
+        yield
+
+    results = fetch_batch(urls, LOCAL, defer=True, stalled=stalled)
+    assert [r.status for r in results[:-1]] == ["ok"] * 20
+    assert results[-1].status == "deferred"
+    assert "fetched again" in (results[-1].error or "")
+    assert stalls == [1]  # it waited for the last one outside its caller's thread pool, once
+    # Not deferring, or with defer_after 0, the batch waits for every URL: /slow times out.
+    once = replace(LOCAL, retries=0)
+    assert fetch_batch(urls[-1:], once)[0].status == "timeout"
+    assert fetch_batch(urls[-1:], replace(once, defer_after=0), defer=True)[0].status == "timeout"
+
+
+def test_a_batch_whose_urls_all_hang_defers_them_all_after_defer_after(server: FaultServer) -> None:
+    opts = replace(LOCAL, timeout=3.0, deadline=10.0, defer_after=0.5)
+    results = fetch_batch([server.url(f"/slow?all={i}") for i in range(3)], opts, defer=True)
+    assert [r.status for r in results] == ["deferred"] * 3

@@ -309,3 +309,30 @@ def test_chunks_are_sized_by_output_bytes_unless_given(tmp_path: Path, server: F
     images = zarr.open_group(str(out), mode="r")["images"]
     assert images.chunks == (64, 256, 256, 3)
     assert len(list((out / "metadata").glob("part-*.parquet"))) == 2
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "npy"])
+def test_rows_a_chunk_stopped_waiting_for_are_fetched_again_and_written_in(
+    tmp_path: Path, server: FaultServer, client: Client, fmt: str
+) -> None:
+    good = [server.url(f"/img/{GOOD[i % len(GOOD)]}?late={fmt}{i}") for i in range(11)]
+    late, silent = server.url("/delay/photo.jpg?ms=2000"), server.url("/slow")
+    urls = [*good[:3], late, *good[3:9], silent, *good[9:]]  # chunks of 8: the second one is partial
+    table = pd.DataFrame({"url": urls, "caption": [f"c{i}" for i in range(len(urls))]})
+    j = job(table, chunk=8).fetch(timeout=3.0, deadline=10.0, retries=0, defer_after=1.0)
+    before = server.hits["/delay/photo.jpg"]
+    out = str(tmp_path / f"out.{fmt}")
+    summary = j.run(out, format=fmt, client=client, progress=False)
+    assert summary.complete
+    assert "deferred" not in summary.counts
+    assert server.hits["/delay/photo.jpg"] - before == 2  # given up on once, then fetched on its own
+    assert j.prepare(out, format=fmt).done_chunks() == {0, 1}
+    images, meta = daskimg.open(out)
+    assert meta["status"].tolist() == ["ok"] * 10 + ["timeout"] + ["ok"] * 2
+    assert meta["caption"].tolist() == table["caption"].tolist()
+    columns = ["width", "height", "format", "bytes", "sha256"]
+    assert meta.loc[3, columns].tolist() == meta.loc[0, columns].tolist()  # the same photo as row 0
+    pixels = images.compute()
+    np.testing.assert_array_equal(pixels[3], pixels[0])
+    assert pixels[3].max() > 0
+    assert (pixels[10] == 0).all()
