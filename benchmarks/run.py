@@ -13,6 +13,9 @@ costs CPU of its own), and times on the same URL list:
 Wall time includes start-up; peak memory is the largest sum of PSS over the contender's
 process tree, sampled every 0.2 s.
 
+``--silent-share 0.005`` points that share of the URLs, spread evenly, at a server that
+accepts connections and never answers: the web's dead hosts, which a real URL list has.
+
     python benchmarks/run.py [--count 10000] [--size 128] [--only limit,daskimg,img2dataset]
 """
 
@@ -79,6 +82,28 @@ http {{ access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeo
         return f"http://127.0.0.1:{port}", proc
     server = DemoServer(directory=root)
     return server.url, server
+
+
+class SilentServer:
+    """A loopback server that accepts every connection and never answers (until closed)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[object] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                self.held.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _free_port() -> int:
@@ -173,6 +198,8 @@ def main() -> None:
     ap.add_argument("--only", default="limit,daskimg,img2dataset")
     ap.add_argument("--img2dataset", default=shutil.which("img2dataset"), help="img2dataset executable, if any")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "daskimg-benchmark")
+    ap.add_argument("--silent-share", type=float, default=0.0,
+                    help="share of the URLs that go to a server that never answers (e.g. 0.005)")
     a = ap.parse_args()
     wanted = a.only.split(",")
     work = a.workdir
@@ -187,9 +214,12 @@ def main() -> None:
     if "limit" in wanted:
         results["limit"] = {"img_s": decode_limit(corpus, a.count, a.size)}
     base, server = serve(corpus, work)
+    silent = SilentServer()
+    every = round(1 / a.silent_share) if a.silent_share > 0 else 0
     try:
         urls = work / "urls.txt"
-        urls.write_text("".join(f"{base}/{names[i % len(names)]}?i={i}\n" for i in range(a.count)))
+        urls.write_text("".join(f"{silent.url if every and i % every == every - 1 else base}/{names[i % len(names)]}"
+                                f"?i={i}\n" for i in range(a.count)))
         if "daskimg" in wanted:
             out = work / "daskimg.zarr"
             shutil.rmtree(out, ignore_errors=True)
@@ -205,6 +235,7 @@ def main() -> None:
                    "--number_sample_per_shard", "1000", "--disallowed_header_directives", "[]", "--timeout", "10"]
             results["img2dataset"] = measured(cmd, work / "img2dataset.log")
     finally:
+        silent.close()
         if isinstance(server, subprocess.Popen):
             server.terminate()
             server.wait(10)
@@ -213,7 +244,8 @@ def main() -> None:
     for r in results.values():
         if "wall_s" in r:
             r["img_s"] = a.count / r["wall_s"]
-    print(f"\n{a.count} URLs, {a.size}x{a.size}, {os.cpu_count()} cores")
+    print(f"\n{a.count} URLs" + (f" ({a.count // every} to a server that never answers)" if every else "")
+          + f", {a.size}x{a.size}, {os.cpu_count()} cores")
     print(f"{'contender':12s} {'img/s':>8s} {'wall s':>8s} {'peak MiB':>9s}")
     for name, r in results.items():
         wall, peak = r.get("wall_s", float("nan")), r.get("peak_mib", float("nan"))

@@ -6,7 +6,10 @@ graph; each is a plain function of a pandas partition, callable without Dask.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,11 +84,28 @@ class ImagePartition:
 def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions, *, defer: bool = False) -> FetchedPartition:
     """Download every URL of ``rows``, in order.
 
-    With ``defer``, the slowest may come back ``deferred``; the task waits for them out of
-    its worker's thread pool, which meanwhile runs another task.
+    With ``defer``, the slowest may come back ``deferred``; a task stalled on them waits out
+    of its worker's thread pool, which meanwhile runs another task (two such tasks per
+    process at most: each holds its chunk's bodies).
     """
-    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=only_waiting if defer else None)
+    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=_stalled if defer else None)
     return FetchedPartition(rows, url_col, results)
+
+
+_STALLED = threading.BoundedSemaphore(2)
+
+
+@contextlib.contextmanager
+def _stalled() -> Iterator[None]:
+    """Wait out of the worker's thread pool, unless two stalled fetches of this process already do."""
+    if not _STALLED.acquire(blocking=False):
+        yield
+        return
+    try:
+        with only_waiting():
+            yield
+    finally:
+        _STALLED.release()
 
 
 def preprocess_partition(

@@ -48,8 +48,10 @@ from .config import FetchOptions
 __all__ = ["DEFERRED", "FetchResult", "address_refusal", "fetch_batch", "fetch_one", "url_refusal"]
 
 DEFERRED = "deferred"  # the status of a URL a batch stopped waiting for
-# Once this share of a batch is done, the rest get PATIENCE times as long as that took, at least MIN_PATIENCE s.
-DONE_SHARE, PATIENCE, MIN_PATIENCE = 0.9, 3.0, 0.25
+# A deferring batch whose DONE_SHARE of URLs took t seconds waits for the rest until PATIENCE * t (at
+# least MIN_PATIENCE s, at most defer_after). Once they have taken STALL * t more, it is stalled: it
+# waits inside its caller's `stalled()` (a Dask task leaves its worker's thread pool meanwhile).
+DONE_SHARE, PATIENCE, MIN_PATIENCE, STALL = 0.9, 3.0, 0.25, 0.25
 
 _MAX_URL = 8192
 _RETRY_CURL = frozenset({
@@ -359,7 +361,7 @@ class _Fetcher:
                 give_up = self._patience(start, done_at)
                 if now >= give_up:
                     return self._deferred(results, now - start)
-                stall_at = (done_at + (done_at - start) / 4) if done_at else (start + give_up) / 2
+                stall_at = done_at + STALL * (done_at - start) if done_at else (start + give_up) / 2
                 if not stalled and now >= stall_at:
                     stalled = True
                     stall()
