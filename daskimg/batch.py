@@ -88,7 +88,7 @@ def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions, *, def
     of its worker's thread pool, which meanwhile runs another task (two such tasks per
     process at most: each holds its chunk's bodies).
     """
-    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=_stalled if defer else None)
+    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=_stalled)
     return FetchedPartition(rows, url_col, results)
 
 

@@ -180,8 +180,8 @@ class Output:
             stop = start + self._rows(k)
             images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
         else:
-            images = np.load(io.BytesIO(fs.cat_file(f"{root}/images/{k:08d}.npy")))
-            ok = np.load(io.BytesIO(fs.cat_file(f"{root}/ok/{k:08d}.npy")))
+            images = np.array(_load_npy(fs, f"{root}/images/{k:08d}.npy"))
+            ok = np.array(_load_npy(fs, f"{root}/ok/{k:08d}.npy"))
         return images, ok, self.read_meta(k)
 
     def read_settings(self) -> dict[str, Any] | None:
