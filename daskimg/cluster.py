@@ -65,7 +65,7 @@ def run_client(
     forkserver.start()
     # The settings stay in effect while the cluster lives: a worker the nanny restarts is forked too.
     with dask.config.set(_local_worker_config()):
-        with forkserver.ignoring_sigint():
+        with forkserver.ignoring_stop_signals():
             cluster = LocalCluster(
                 n_workers=workers or default_workers(),
                 threads_per_worker=threads_per_worker,

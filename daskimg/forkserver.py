@@ -6,9 +6,11 @@ on its own: about 1.2 s of CPU a worker, before it runs a task. Instead, a fork 
 from itself, ready to work and sharing those pages. The CLI starts it first thing, so it
 imports on one core while the client imports on the other.
 
-The server starts with SIGINT ignored, and so does every worker forked from it (also one
-the nanny restarts): Ctrl-C in a terminal reaches the whole process group, and only the
-client should act on it, by cancelling the run and closing the cluster.
+The server starts with SIGINT and SIGTERM ignored, and so does every worker forked from it
+(also one the nanny restarts): Ctrl-C in a terminal, and a job scheduler's SIGTERM (Slurm),
+reach the whole process group, and only the client should act on them, by finishing the
+chunks it can and closing the cluster (the nanny stops its worker through a queue, and
+with SIGKILL if that fails).
 
 This module imports only the standard library, so starting the server costs nothing
 before it.
@@ -23,7 +25,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["METHOD", "WORKER_IMPORTS", "ignoring_sigint", "pids", "start"]
+__all__ = ["METHOD", "WORKER_IMPORTS", "ignoring_stop_signals", "pids", "start"]
 
 METHOD = "forkserver"
 # What a worker needs to run daskimg's tasks, imported by the server before it forks any worker.
@@ -32,7 +34,7 @@ WORKER_IMPORTS = ["daskimg.worker_imports"]
 
 def start() -> None:
     """Start the fork server now (a no-op if it runs already), importing ``WORKER_IMPORTS``."""
-    with ignoring_sigint():
+    with ignoring_stop_signals():
         multiprocessing.get_context(METHOD).set_forkserver_preload(WORKER_IMPORTS)
         multiprocessing.forkserver.ensure_running()
 
@@ -44,13 +46,14 @@ def pids() -> list[int]:
 
 
 @contextlib.contextmanager
-def ignoring_sigint() -> Iterator[None]:
-    """Ignore SIGINT in this process meanwhile, so that processes started here inherit that."""
+def ignoring_stop_signals() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM in this process meanwhile, so that processes started here inherit that."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

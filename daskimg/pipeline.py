@@ -1,27 +1,16 @@
-"""The lazy, chainable job and the one place that builds the Dask graph.
+"""The lazy, chainable job: what to run, checked before anything runs.
 
     read_urls(table) -> Job --.fetch(...)--> Job --.preprocess(...)--> Job --.to_zarr(path)--> Summary
 
-Per output chunk k the graph holds three named tasks, so the dashboard's task stream
-shows each stage::
-
-    source partition k --> fetch-<token>, k --> preprocess-<token>, k --> write-<token>, k
-
-``fetch`` keeps many requests in flight on a thread pool inside the worker process;
-``preprocess`` decodes and resizes (CPU) in the same worker, where the fetched bytes
-already are; ``write`` stores the chunk from there, so pixels never travel between
-processes. Only chunk reports (counts) come back to the client.
-
-A fetch stops waiting for its chunk's slowest URLs (``FetchOptions.defer_after``); for a
-chunk written with such ``deferred`` rows, the run adds a ``refetch-<token>-k`` task that
-fetches them again and writes them in (see :mod:`daskimg.refetch`).
+A job is a plan of the input (:func:`daskimg.sources.plan_source`: files and blocks, no
+rows read) and the options of each stage. :meth:`Job.run` counts the input's rows on the
+cluster, creates or reopens the output, and streams the chunks not done yet through the
+cluster (:mod:`daskimg.runner`, the one place that builds the Dask graph).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -29,21 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask.dataframe as dd
+import numpy as np
 import pandas as pd
 from dask.base import tokenize
-from dask.delayed import Delayed, delayed
-from distributed import Client, as_completed
+from distributed import Client
 
-from .batch import FetchedPartition, ImagePartition, fetch_partition, preprocess_partition
-from .cluster import lost_a_worker, run_client
+from .cluster import run_client
 from .config import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
-from .fetch import DEFERRED
-from .refetch import refetch_deferred
 from .report import Progress, Summary
-from .sources import Source, read_source
-from .store import ChunkReport, Output, OutputFormat, prepare_output
+from .runner import Stop, count_rows, stream_chunks
+from .sources import Source, plan_source
+from .store import Output, OutputFormat, prepare_output
 
 __all__ = ["CHUNK_BYTES", "Job", "auto_chunk", "read_urls"]
 
@@ -67,13 +53,16 @@ def auto_chunk(opts: PreprocessOptions) -> int:
 
 
 def read_urls(
-    table: str | Sequence[str] | pd.DataFrame | dd.DataFrame,
+    table: str | Sequence[str] | pd.DataFrame | Any,
     *,
     url_col: str = "url",
     chunk: int | None = None,
     input_format: str | None = None,
 ) -> Job:
     """Start a job from a URL table: a path, glob or directory (any fsspec URL), a list, or a DataFrame.
+
+    Only the file listing and the first file's header or schema are read here; the rows
+    are counted and read by tasks on the cluster when the job runs.
 
     Parameters
     ----------
@@ -83,19 +72,14 @@ def read_urls(
     url_col
         Column holding the URLs; every other column is carried into the metadata.
     chunk
-        Rows per partition and per output chunk; by default :func:`auto_chunk` sizes it to
-        the output shape (set later with :meth:`Job.preprocess`).
+        Rows per output chunk; by default :func:`auto_chunk` sizes it to the output shape
+        (set later with :meth:`Job.preprocess`).
     input_format
         Override the format guessed from the file suffix.
     """
-    source = read_source(table, url_col=url_col, chunk=auto_chunk(PreprocessOptions()) if chunk is None else chunk,
-                         input_format=input_format)
-    return Job(source, chunk=chunk)
-
-
-def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePartition:
-    """The preprocess task: one forked child per image if this chunk already cost a worker its life."""
-    return preprocess_partition(fetched, opts, isolate=lost_a_worker())
+    if chunk is not None and chunk <= 0:
+        raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
+    return Job(plan_source(table, url_col=url_col, input_format=input_format), chunk=chunk)
 
 
 @dataclass(frozen=True)
@@ -107,15 +91,17 @@ class Job:
     preprocess_options: PreprocessOptions = field(default_factory=PreprocessOptions)
     chunk: int | None = None  # rows per chunk; None: auto_chunk(preprocess_options)
 
-    @functools.cached_property
-    def parts(self) -> Source:
-        """The source split into this job's chunks."""
-        return self.source.rechunk(auto_chunk(self.preprocess_options) if self.chunk is None else self.chunk)
+    @property
+    def rows_per_chunk(self) -> int:
+        """Rows per output chunk: the one given, else :func:`auto_chunk` of the output shape."""
+        return auto_chunk(self.preprocess_options) if self.chunk is None else self.chunk
 
     def __repr__(self) -> str:
-        p = self.preprocess_options
-        return (f"<daskimg.Job {self.parts.n_rows} rows from {self.parts.name} in {self.parts.n_chunks} chunks "
-                f"of {self.parts.chunk} -> {p.height}x{p.width} {p.mode} {p.dtype}>")
+        p, source = self.preprocess_options, self.source
+        rows = f"{source.n_rows} rows in {-(-source.n_rows // self.rows_per_chunk)} chunks" if source.counted else (
+            f"{len(source.blocks)} input blocks, in chunks")
+        return (f"<daskimg.Job {rows} of {self.rows_per_chunk} from {source.name} -> "
+                f"{p.height}x{p.width} {p.mode} {p.dtype}>")
 
     def fetch(self, **options: Any) -> Job:
         """Set download options (see :class:`daskimg.FetchOptions`)."""
@@ -129,12 +115,12 @@ class Job:
         return dataclasses.replace(self, preprocess_options=dataclasses.replace(self.preprocess_options, **options))
 
     def settings(self, format: OutputFormat, compression: str) -> dict[str, Any]:
-        """What the output depends on; a re-run resumes only when these match."""
+        """What the output depends on; a re-run resumes only when these match (the rows must be counted)."""
         return {
-            "input": self.parts.name,
-            "url_col": self.parts.url_col,
-            "rows": self.parts.n_rows,
-            "chunk": self.parts.chunk,
+            "input": self.source.name,
+            "url_col": self.source.url_col,
+            "rows": self.source.n_rows,
+            "chunk": self.rows_per_chunk,
             "format": format,
             "compression": compression,
             "preprocess": options_dict(self.preprocess_options),
@@ -142,37 +128,17 @@ class Job:
 
     def prepare(self, path: str, *, format: OutputFormat = "zarr", compression: str = DEFAULT_COMPRESSION,
                 overwrite: bool = False) -> Output:
-        """Create (or reopen, to resume) the output at ``path``."""
+        """Create (or reopen, to resume) the output at ``path``; the job's rows must be counted."""
         p = self.preprocess_options
         dims = ("channel", "y", "x") if p.channels_first else ("y", "x", "channel")
         return prepare_output(
-            path, format=format, n_rows=self.parts.n_rows, chunk=self.parts.chunk, shape=p.shape, dtype=p.dtype,
+            path, format=format, n_rows=self.source.n_rows, chunk=self.rows_per_chunk, shape=p.shape, dtype=p.dtype,
             dim_names=dims, compression=compression, settings=self.settings(format, compression), overwrite=overwrite,
         )
 
-    def _token(self, output: Output) -> str:
-        source = self.parts
-        return tokenize(source.name, source.n_rows, source.chunk, self.fetch_options, self.preprocess_options,
-                        output.path)
-
-    def graph(self, output: Output, chunks: Sequence[int] | None = None) -> list[Delayed]:
-        """One ``write`` task per chunk (all chunks by default), each returning a ChunkReport.
-
-        A chunk whose report counts ``deferred`` rows is not done until
-        :func:`daskimg.refetch.refetch_deferred` has run for it, as :meth:`run` does.
-        """
-        source = self.parts
-        chunks = range(source.n_chunks) if chunks is None else chunks
-        parts = source.frame.to_delayed()
-        token = self._token(output)
-        writes = []
-        for k in chunks:
-            fetched = delayed(fetch_partition, pure=True)(
-                parts[k], source.url_col, self.fetch_options, defer=True, dask_key_name=(f"fetch-{token}", k))
-            images = delayed(_preprocess, pure=True)(
-                fetched, self.preprocess_options, dask_key_name=(f"preprocess-{token}", k))
-            writes.append(delayed(output.write, pure=True)(images, dask_key_name=(f"write-{token}", k)))
-        return writes
+    def counted(self) -> Job:
+        """This job with its input's rows counted here, in this process (a run counts them on the cluster)."""
+        return dataclasses.replace(self, source=self.source.count())
 
     def to_zarr(self, path: str, **kwargs: Any) -> Summary:
         """Run the job into a zarr v3 group at ``path``; see :meth:`run` for the options."""
@@ -196,68 +162,61 @@ class Job:
         dashboard_address: str | None = ":8787",
         progress: bool = True,
         on_client: Callable[[Client], None] | None = None,
+        chunks: Sequence[int] | None = None,
     ) -> Summary:
-        """Run the job: fetch, preprocess and write every chunk not yet done.
+        """Run the job: count the rows, then fetch, preprocess and write every chunk not yet done.
 
         Uses ``client``, else a client to ``scheduler``, else the active client, else a
         local cluster started (and closed) for this run. Chunks already done in an
-        existing output with the same settings are skipped. Returns a :class:`Summary`;
-        chunks that could not be written are listed in ``Summary.failed_chunks``.
-        ``on_client`` is called with the client once it is connected (the CLI prints the
-        dashboard link from there).
+        existing output with the same settings are skipped; ``chunks`` limits the run to
+        those chunk numbers. Returns a :class:`Summary`; chunks that could not be written
+        are listed in ``Summary.failed_chunks``. ``on_client`` is called with the client
+        once it is connected (the CLI prints the dashboard link from there).
+
+        Raises
+        ------
+        daskimg.errors.Interrupted
+            On SIGINT or SIGTERM (in the main thread): the first lets the chunks whose
+            bytes are fetched be written, a second stops at once. Run again to resume.
         """
         if threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
-        output = self.prepare(path, format=format, compression=compression, overwrite=overwrite)
-        done = output.done_chunks()
-        todo = [k for k in range(self.parts.n_chunks) if k not in done]
         start = time.monotonic()
-        bar = Progress(self.parts.n_rows, enabled=progress)
-        if done:  # a resumed run starts the bar where the last one stopped
-            bar.update(sum(min(self.parts.chunk, self.parts.n_rows - k * self.parts.chunk) for k in done),
-                       output.status_counts())
-        failed: dict[int, str] = {}
-        dashboard = None
-        processed = 0
-        # With nothing to do, no cluster. Else the final count runs inside the cluster's block: a local
-        # cluster's record of the pages a run uses (daskimg.pages) then covers its metadata reading.
-        cluster = run_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
-                             dashboard_address=dashboard_address) if todo else contextlib.nullcontext()
-        with cluster as c:
-            if c is not None:
-                dashboard = c.dashboard_link
-                if on_client is not None:
-                    on_client(c)
-                futures = c.compute(self.graph(output, todo))
-                keys = {f.key: k for f, k in zip(futures, todo, strict=True)}
-                token = self._token(output)
-                try:
-                    # Results come with the iteration: this thread then waits only inside as_completed,
-                    # where Ctrl-C is clean. Interrupted inside Future.result(), distributed's sync()
-                    # can log a NameError traceback from its cancel callback (distributed 2026.8).
-                    running = as_completed(futures, with_results=True, raise_errors=False)
-                    for future, result in running:
-                        if future.status == "error":
-                            error = future.exception()
-                            failed[keys[future.key]] = f"{type(error).__name__}: {error}"
-                            continue
-                        if isinstance(result, BaseException):  # cancelled from elsewhere
-                            raise result
-                        report: ChunkReport = result
-                        processed += report.rows
-                        bar.update(report.rows, report.counts)
-                        if report.rows and report.counts.get(DEFERRED):
-                            late = c.submit(refetch_deferred, output, report.chunk, self.fetch_options,
-                                            self.preprocess_options, key=f"refetch-{token}-{report.chunk}")
-                            keys[late.key] = report.chunk
-                            futures.append(late)
-                            running.add(late)
-                finally:
-                    c.cancel(futures)
+        stop = Stop()
+        with stop.handling(), run_client(scheduler, client=client, workers=workers,
+                                         threads_per_worker=threads_per_worker,
+                                         dashboard_address=dashboard_address) as c:
+            if on_client is not None:
+                on_client(c)
+            job = dataclasses.replace(self, source=count_rows(c, self.source, stop))
+            output = job.prepare(path, format=format, compression=compression, overwrite=overwrite)
+            listing = output.listing()
+            done = output.done_chunks(listing)
+            resumed = int(done.sum())
+            only = None if chunks is None else np.isin(np.arange(output.n_chunks), np.asarray(chunks, dtype=np.int64))
+            bar = Progress(output.n_rows, enabled=progress)
+            if resumed:  # a resumed run starts the bar where the last one stopped
+                bar.update(_rows_in(output, done), output.status_counts(listing))
+            outcome = stream_chunks(
+                c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
+                preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,
+            )
             bar.draw(final=True)
+            stop.check()
             counts = _count_statuses(output)
-        return Summary(path, self.parts.n_rows, counts, time.monotonic() - start, processed,
-                       len(done), failed, dashboard)
+            dashboard = c.dashboard_link
+        return Summary(path, output.n_rows, counts, time.monotonic() - start, outcome.processed, resumed,
+                       outcome.failed, dashboard)
+
+    def _token(self, output: Output) -> str:
+        return tokenize(self.source.name, self.source.n_rows, output.chunk, self.fetch_options,
+                        self.preprocess_options, output.path, output.id)
+
+
+def _rows_in(output: Output, done: np.ndarray) -> int:
+    """Rows of the chunks marked in ``done`` (the last chunk may be short)."""
+    rows = int(done.sum()) * output.chunk
+    return rows - (output.n_chunks * output.chunk - output.n_rows if done[-1] else 0)
 
 
 def _count_statuses(output: Output) -> dict[str, int]:

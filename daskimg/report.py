@@ -68,6 +68,12 @@ class Progress:
         self._drawn = 0.0
         self._last_decile = -1
         self._printed_rows = -1
+        self.writing: int | None = None  # set when a stop was asked for: chunks still being written
+
+    def finishing(self, chunks: int) -> None:
+        """A stop was asked for: say so, and how many chunks are still written before the run ends."""
+        self.writing = chunks
+        self.draw(force=True)
 
     def update(self, rows: int, counts: dict[str, int]) -> None:
         self.done += rows
@@ -84,20 +90,22 @@ class Progress:
         ok, later = self.counts.get("ok", 0), self.counts.get(DEFERRED, 0)
         return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
                 f"{rate:6.1f} img/s  ok {ok} failed {self.done - ok - later}"
-                + (f" refetching {later}" if later else "") + f"  ETA {eta_s}")
+                + (f" refetching {later}" if later else "")
+                + (f"  finishing: writing {self.writing} fetched chunks; signal again to abort"
+                   if self.writing is not None else f"  ETA {eta_s}"))
 
-    def draw(self, final: bool = False) -> None:
+    def draw(self, final: bool = False, force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
         if self.tty:
-            if final or now - self._drawn >= 0.5:
+            if final or force or now - self._drawn >= 0.5:
                 self.stream.write("\r" + self.line() + ("\n" if final else ""))
                 self.stream.flush()
                 self._drawn = now
             return
         decile = 10 * self.done // self.total if self.total else 10
-        if decile > self._last_decile or (final and self._printed_rows != self.done):  # logs: a line every 10%
+        if decile > self._last_decile or force or (final and self._printed_rows != self.done):  # a line every 10%
             self._last_decile, self._printed_rows = decile, self.done
             self.stream.write(self.line() + "\n")
             self.stream.flush()

@@ -2,8 +2,9 @@
 
 Exit status: 0 when every chunk was written (URLs that failed are recorded in the
 metadata, they do not fail the run); 1 when some chunks could not be written (run again
-to redo them); 2 for a bad argument, an unreadable input or a refused output; 130 when
-interrupted (run again to resume).
+to redo them); 2 for a bad argument, an unreadable input or a refused output; 130 after
+SIGINT (Ctrl-C) and 143 after SIGTERM (run again to resume). The first signal lets the
+chunks whose bytes are fetched be written; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,7 +31,7 @@ from .config import (
     FetchOptions,
     PreprocessOptions,
 )
-from .errors import DaskimgError
+from .errors import DaskimgError, Interrupted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaskimgError as e:
         print(f"daskimg: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Interrupted: SIGINT or SIGTERM; a bare one: Ctrl-C before the run began
         print("daskimg: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
     print(summary)
     return 0 if summary.complete else 1
 

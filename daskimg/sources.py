@@ -1,61 +1,139 @@
-"""Read URL tables into a Dask DataFrame of B-row partitions indexed by global row number.
+"""URL tables as numbered rows, read block by block where the rows are.
 
 Accepted: ``.txt`` (one URL per line), ``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``, each
 optionally ``.gz``; a file, a glob or a directory of shards; any fsspec URL. Python
 callers may also pass a list of URLs or a pandas / Dask DataFrame.
 
-Row ``i`` of the table (files in sorted order, lines in file order) keeps index ``i``
+A table is split into **blocks** that a task reads on its own: a byte range of a text file
+(lines stay whole), a whole ``.gz`` file (gzip streams cannot be split), a parquet row
+group, a slice of an in-memory table, or a partition of a Dask DataFrame. Three steps, so
+that the client never reads a row:
+
+1. :func:`plan_source` (client): list the files and read one header or schema, to check
+   the URL column. Nothing is counted yet.
+2. :func:`count_block` (a task per file or byte range, on the cluster): how many rows each
+   block holds; parquet row groups are counted from the file's footer alone.
+3. :func:`read_block` and :func:`take_rows` (tasks): a block's rows, and one chunk's rows
+   taken from the blocks it spans, numbered globally.
+
+Row ``i`` of the table (files in sorted order, rows in file order) keeps number ``i``
 through every stage, so output row ``i`` is input row ``i``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import io
+import json
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-import dask.bag as db
-import dask.dataframe as dd
 import fsspec
+import fsspec.utils
 import numpy as np
 import pandas as pd
 
 from .config import INPUT_FORMATS
 from .errors import InputError
 
-__all__ = ["Source", "read_source"]
+__all__ = ["BLOCKSIZE", "Block", "Source", "count_block", "plan_source", "read_block", "take_rows"]
 
-BLOCKSIZE = 64 * 2**20  # bytes of an uncompressed text table per input partition
+BLOCKSIZE = 16 * 2**20  # bytes of an uncompressed text table per block
+MEMORY_BLOCK_ROWS = 2**16  # rows of an in-memory table per block
 _SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+BlockKind = Literal["txt", "csv", "tsv", "jsonl", "parquet", "memory", "dask"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One piece of the input that a task reads on its own.
+
+    ``start`` is a byte offset (text), a row group (parquet) or a partition (Dask);
+    ``length`` the bytes of a text block (None: the whole file, as for ``.gz``). A parquet
+    block with ``start=-1`` stands for the whole file until :func:`count_block` splits it
+    into row groups.
+    """
+
+    kind: BlockKind
+    path: str = ""
+    start: int = 0
+    length: int | None = None
+    header: bytes = b""  # csv / tsv: the file's header line, given to every block of the file
+    first: bool = True  # the block starts the file (csv / tsv: its first line is the header)
+    dtypes: tuple[tuple[str, str], ...] = ()  # csv / tsv: column types, from the first file's head
+    data: pd.DataFrame | None = None  # memory: the rows themselves
 
 
 @dataclass(frozen=True)
 class Source:
-    """A URL table split into partitions of ``chunk`` rows; partition k holds rows kB .. kB+B-1."""
+    """A URL table as blocks; once counted, ``offsets[b]`` is the number of block ``b``'s first row.
 
-    rows: dd.DataFrame  # indexed by global row number, with known divisions
-    url_col: str
-    n_rows: int
-    chunk: int
+    What the client holds grows with the number of blocks (one per 16 MiB of text, parquet
+    row group or ``.gz`` file), never with the number of rows.
+    """
+
     name: str
-
-    @functools.cached_property
-    def frame(self) -> dd.DataFrame:
-        frame: dd.DataFrame = self.rows.repartition(divisions=(*range(0, self.n_rows, self.chunk), self.n_rows - 1))
-        return frame
+    url_col: str
+    blocks: tuple[Block, ...]
+    offsets: np.ndarray | None = None  # len(blocks) + 1 row numbers; None until counted
+    frame: Any = None  # the Dask DataFrame, for a Dask DataFrame input
 
     @property
-    def n_chunks(self) -> int:
-        return -(-self.n_rows // self.chunk)
+    def counted(self) -> bool:
+        return self.offsets is not None
 
-    def rechunk(self, chunk: int) -> Source:
-        """The same rows in partitions of ``chunk`` rows (lazy: nothing is read)."""
-        if chunk <= 0:
-            raise InputError(f"chunk must be a positive number of rows, got {chunk}")
-        return self if chunk == self.chunk else dataclasses.replace(self, chunk=chunk)
+    @property
+    def n_rows(self) -> int:
+        if self.offsets is None:
+            raise InputError(f"the rows of {self.name} are not counted yet")
+        return int(self.offsets[-1])
+
+    def count(self, mapper: Callable[[Callable[[Block], list[tuple[Block, int]]], Sequence[Block]], Iterable[Any]]
+              = map) -> Source:
+        """This source with every block counted; ``mapper(count_block, blocks)`` does the reading
+        (the builtin ``map`` here, tasks on a cluster in a run)."""
+        if self.counted:
+            return self
+        try:
+            if self.frame is not None:  # partition lengths, on the cluster of the active client if any
+                lengths = self.frame.map_partitions(len).compute().tolist()
+                counted = list(zip(self.blocks, lengths, strict=True))
+            else:
+                counted = [pair for pairs in mapper(count_block, self.blocks) for pair in pairs]
+        except InputError:
+            raise
+        except Exception as e:  # parser errors from pandas/pyarrow differ per format; all mean "unreadable"
+            raise InputError(f"cannot read {self.name}: {type(e).__name__}: {one_line(e)}") from None
+        kept = [(b, n) for b, n in counted if n > 0]
+        if not kept:
+            raise InputError(f"{self.name} holds no rows")
+        offsets = np.concatenate([[0], np.cumsum([n for _, n in kept])]).astype(np.int64)
+        return dataclasses.replace(self, blocks=tuple(b for b, _ in kept), offsets=offsets)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+        """Rows ``start .. stop - 1`` read here, in this process, as a chunk's task reads them (counted sources)."""
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        spans = self.spans(start, stop)
+        assert self.offsets is not None
+        frames = [read_block(self.blocks[b], self.url_col) if self.frame is None
+                  else self.frame.partitions[self.blocks[b].start].compute().reset_index(drop=True)
+                  for b, _, _ in spans]
+        pieces = [(int(self.offsets[b + 1] - self.offsets[b]), lo, end) for b, lo, end in spans]
+        return take_rows(frames, pieces, start, [self.name] * len(spans))
+
+    def spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """The blocks holding rows ``start .. stop - 1``: (block, first row, end row) within each block."""
+        assert self.offsets is not None
+        offsets = self.offsets
+        b = int(np.searchsorted(offsets, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            end = min(stop, int(offsets[b + 1]))
+            pieces.append((b, start - int(offsets[b]), end - int(offsets[b])))
+            start, b = end, b + 1
+        return pieces
 
 
 def _format_of(path: str) -> str:
@@ -66,106 +144,206 @@ def _format_of(path: str) -> str:
     return fmt
 
 
-def _expand(path: str) -> list[str]:
-    """Files behind a path, glob or directory, sorted, with their protocol kept."""
+def _expand(path: str) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]]:
+    """Files behind a path, glob or directory, sorted, with their sizes from the listing."""
     try:
         fs, _, paths = fsspec.get_fs_token_paths(path)
-        files: list[str] = []
+        files: dict[str, int] = {}
         for p in sorted(paths):
-            if not fs.exists(p):
+            info = fs.info(p) if fs.exists(p) else None
+            if info is None:
                 continue
-            if fs.isdir(p):
-                files.extend(sorted(f for f in fs.find(p) if not posixpath.basename(f).startswith((".", "_"))))
+            if info["type"] == "directory":
+                for f, entry in sorted(fs.find(p, detail=True).items()):
+                    if not posixpath.basename(f).startswith((".", "_")):
+                        files[f] = int(entry.get("size") or 0)
             else:
-                files.append(p)
+                files[p] = int(info.get("size") or 0)
     except (OSError, ValueError, ImportError) as e:
-        raise InputError(f"cannot read {path}: {_one_line(e)}") from None
+        raise InputError(f"cannot read {path}: {one_line(e)}") from None
     if not files:
         raise InputError(f"no input file matches {path}")
-    return [fs.unstrip_protocol(f) for f in files]
+    return fs, sorted(files.items())
 
 
-def _read(files: list[str], fmt: str, url_col: str) -> Any:
-    compression = "gzip" if files[0].endswith(".gz") else None
-    # Text files are split into byte blocks (lines stay whole), so one huge file is not one huge
-    # partition; gzip streams cannot be split, so a .gz file is read whole by one task.
-    blocksize = None if compression else BLOCKSIZE
-    if fmt == "txt":
-        # errors="replace": a byte that is not UTF-8 spoils its own row (recorded as invalid), not the run.
-        lines = db.read_text(files, compression=compression or "infer", blocksize=blocksize, errors="replace")
-        return lines.map(lambda line: {url_col: line.rstrip("\r\n")}).to_dataframe(meta={url_col: "object"})
-    if fmt in ("csv", "tsv"):
-        sep = "," if fmt == "csv" else "\t"
-        return dd.read_csv(files, sep=sep, blocksize=blocksize, compression=compression, dtype={url_col: "object"},
-                           keep_default_na=False, na_values=[], encoding_errors="replace")
+def _text_blocks(fs: fsspec.AbstractFileSystem, files: list[tuple[str, int]], fmt: str,
+                 dtypes: tuple[tuple[str, str], ...]) -> list[Block]:
+    blocks = []
+    for path, size in files:
+        url = fs.unstrip_protocol(path)
+        header = _first_line(fs, path) if fmt in ("csv", "tsv") else b""
+        if path.endswith(".gz"):
+            blocks.append(Block(fmt, url, 0, None, header, True, dtypes))  # type: ignore[arg-type]
+            continue
+        for start in range(0, max(size, 1), BLOCKSIZE):
+            blocks.append(Block(fmt, url, start, BLOCKSIZE, header, start == 0, dtypes))  # type: ignore[arg-type]
+    return blocks
+
+
+def _first_line(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    with fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None) as f:
+        return bytes(f.readline())
+
+
+def _columns(fs: fsspec.AbstractFileSystem, path: str, fmt: str) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """The first file's columns (and, for csv / tsv, their types, from its first 64 KiB): the client's only read."""
+    compression = "gzip" if path.endswith(".gz") else None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with fs.open(path, "rb") as f:
+            return list(pq.read_schema(f).names), ()
+    with fs.open(path, "rb", compression=compression) as f:
+        head = f.read(2**16)
     if fmt == "jsonl":
-        return dd.read_json(files, lines=True, blocksize=blocksize, compression=compression or "infer", dtype=False,
-                            errors="replace")
-    return dd.read_parquet(files)
+        line = next((ln for ln in head.split(b"\n") if ln.strip()), b"{}")
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None  # a truncated first line is the reader's to report, with its row
+        return (list(record) if isinstance(record, dict) else []), ()
+    if len(head) == 2**16:  # the last line may be cut
+        head = head[: head.rfind(b"\n") + 1] or head
+    sample = _parse_csv(head, fmt, ())
+    return [str(c) for c in sample.columns], tuple((str(c), str(t)) for c, t in sample.dtypes.items())
 
 
-def _from_memory(table: Sequence[str] | pd.DataFrame, url_col: str) -> Any:
-    frame = table.reset_index(drop=True) if isinstance(table, pd.DataFrame) else pd.DataFrame({url_col: list(table)})
-    parts = max(1, min(64, len(frame) // 100_000))
-    return dd.from_pandas(frame, npartitions=parts, sort=False)
-
-
-def read_source(
-    table: str | Sequence[str] | pd.DataFrame | dd.DataFrame,
+def plan_source(
+    table: str | Sequence[str] | pd.DataFrame | Any,
     *,
     url_col: str = "url",
-    chunk: int = 256,
     input_format: str | None = None,
 ) -> Source:
-    """Turn ``table`` into a :class:`Source` of ``chunk``-row partitions.
+    """Plan the blocks of ``table`` without reading its rows; see the module.
 
-    One pass over the input counts the rows of each file or partition (needed to give
-    every row its global number); nothing is gathered into one process.
+    Raises
+    ------
+    InputError
+        No file matches, the format is unknown, or there is no column ``url_col``.
     """
-    if chunk <= 0:
-        raise InputError(f"chunk must be a positive number of rows, got {chunk}")
     if isinstance(table, str):
-        files = _expand(table)
-        fmt = input_format or _format_of(files[0])
+        fs, files = _expand(table)
+        fmt = input_format or _format_of(files[0][0])
         if fmt not in INPUT_FORMATS:
             raise InputError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {fmt!r}")
         try:
-            frame = _read(files, fmt, url_col)
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read {table}: {_one_line(e)}") from None
-        name = table
-    elif isinstance(table, dd.DataFrame):
-        frame, name = table.clear_divisions(), "dask DataFrame"
+            columns, dtypes = ([url_col], ()) if fmt == "txt" else _columns(fs, files[0][0], fmt)
+            if fmt == "parquet":
+                blocks = [Block("parquet", fs.unstrip_protocol(p), -1) for p, _ in files]
+            else:
+                dtypes = tuple((c, t) for c, t in dtypes if c != url_col)
+                blocks = _text_blocks(fs, files, fmt, dtypes)
+        except (OSError, ValueError, EOFError) as e:
+            raise InputError(f"cannot read {table}: {one_line(e)}") from None
+        source = Source(table, url_col, tuple(blocks))
+    elif _is_dask_frame(table):
+        assert not isinstance(table, Sequence)
+        columns = list(table.columns)
+        source = Source("dask DataFrame", url_col, tuple(Block("dask", start=i) for i in range(table.npartitions)),
+                        frame=table)
     else:
-        frame = _from_memory(table, url_col)
+        frame = (table.reset_index(drop=True) if isinstance(table, pd.DataFrame)
+                 else pd.DataFrame({url_col: list(table)}))
+        columns = list(frame.columns)
         name = "pandas DataFrame" if isinstance(table, pd.DataFrame) else "list of URLs"
-    if url_col not in frame.columns:
-        cols = ", ".join(map(str, frame.columns))
-        raise InputError(f"no column {url_col!r} in {name} (columns: {cols}); choose one with url_col / --url-col")
-    frame = frame.clear_divisions()
-    try:
-        lengths = frame.map_partitions(len).compute(scheduler="threads").tolist()
-    except Exception as e:  # parser errors from pandas/pyarrow differ per format; all mean "unreadable"
-        raise InputError(f"cannot read {name}: {type(e).__name__}: {_one_line(e)}") from None
-    keep = [i for i, n in enumerate(lengths) if n > 0]
-    if not keep:
-        raise InputError(f"{name} holds no rows")
-    frame = frame.partitions[keep]
-    offsets = np.concatenate([[0], np.cumsum([lengths[i] for i in keep])]).tolist()
-    n_rows = offsets[-1]
-    numbered = frame.map_partitions(
-        _number_rows, offsets, meta=frame._meta.assign(_row=np.array([], dtype="int64"))
-    )
-    indexed = numbered.set_index("_row", sorted=True, divisions=[*offsets[:-1], n_rows - 1])
-    return Source(indexed, url_col, n_rows, chunk, name)
+        blocks = [Block("memory", data=frame.iloc[i : i + MEMORY_BLOCK_ROWS])
+                  for i in range(0, len(frame), MEMORY_BLOCK_ROWS)]
+        source = Source(name, url_col, tuple(blocks))
+        if not blocks:
+            raise InputError(f"{name} holds no rows")
+    if url_col not in columns:
+        raise InputError(f"no column {url_col!r} in {source.name} (columns: {', '.join(map(str, columns))}); "
+                         "choose one with url_col / --url-col")
+    return source
 
 
-def _number_rows(part: pd.DataFrame, offsets: list[int], partition_info: dict[str, int] | None = None) -> pd.DataFrame:
-    start = offsets[partition_info["number"]] if partition_info else 0
-    return part.assign(_row=np.arange(start, start + len(part), dtype=np.int64))
+def _is_dask_frame(table: object) -> bool:
+    module = type(table).__module__
+    return module.startswith(("dask.dataframe", "dask_expr")) and hasattr(table, "npartitions")
 
 
-def _one_line(error: BaseException) -> str:
+def count_block(block: Block) -> list[tuple[Block, int]]:
+    """The rows of ``block``: itself and its count, or for a parquet file each row group and its count."""
+    if block.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        fs, path = fsspec.core.url_to_fs(block.path)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        return [(dataclasses.replace(block, start=g), meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    if block.kind == "memory":
+        assert block.data is not None
+        return [(block, len(block.data))]
+    data = _block_bytes(block)
+    if block.kind == "jsonl":
+        return [(block, sum(1 for line in data.split(b"\n") if line.strip()))]  # as pandas, blank lines are no rows
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    return [(block, lines - 1 if block.first and block.kind in ("csv", "tsv") and lines else lines)]
+
+
+def _block_bytes(block: Block) -> bytes:
+    """A text block's bytes: its lines whole (they belong to the block they start in), or the whole file."""
+    fs, path = fsspec.core.url_to_fs(block.path)
+    if block.length is None:
+        with fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None) as f:
+            return bytes(f.read())
+    with fs.open(path, "rb") as f:
+        return bytes(fsspec.utils.read_block(f, block.start, block.length, delimiter=b"\n"))
+
+
+def read_block(block: Block, url_col: str) -> pd.DataFrame:
+    """The rows of ``block`` as a DataFrame with a 0-based index; a text row that is not UTF-8 stays a row."""
+    if block.kind == "memory":
+        assert block.data is not None
+        return block.data.reset_index(drop=True)
+    if block.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        fs, path = fsspec.core.url_to_fs(block.path)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).read_row_group(block.start).to_pandas().reset_index(drop=True)
+    data = _block_bytes(block)
+    if block.kind == "txt":
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return pd.DataFrame({url_col: [line.removesuffix("\r") for line in lines]}, dtype=object)
+    if block.kind == "jsonl":
+        if not data.strip():
+            return pd.DataFrame({url_col: []}, dtype=object)
+        frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False, encoding_errors="replace")
+    else:
+        frame = _parse_csv(data if block.first else block.header + data, block.kind, block.dtypes, url_col)
+    return frame
+
+
+def _parse_csv(data: bytes, fmt: str, dtypes: tuple[tuple[str, str], ...], url_col: str | None = None) -> pd.DataFrame:
+    types: dict[str, Any] = dict(dtypes)
+    if url_col is not None:
+        types[url_col] = "object"
+    return pd.read_csv(io.BytesIO(data), sep="," if fmt == "csv" else "\t", dtype=types or None,
+                       keep_default_na=False, na_values=[], skip_blank_lines=False, encoding_errors="replace")
+
+
+def take_rows(frames: Sequence[pd.DataFrame], pieces: Sequence[tuple[int, int, int]], start: int,
+              where: Sequence[str]) -> pd.DataFrame:
+    """One chunk's rows, numbered ``start, start + 1, ...``: ``frames[i].iloc[lo:stop]`` for each piece
+    ``(rows counted in block i, lo, stop)``.
+
+    A block that now parses to another number of rows than was counted (a quoted line break
+    in a csv field, a file changed since the run started) is an error: its rows would land
+    in the wrong place.
+    """
+    for frame, (counted, _, _), place in zip(frames, pieces, where, strict=True):
+        if len(frame) != counted:
+            raise InputError(f"{place} holds {len(frame)} rows where {counted} were counted (a quoted line "
+                             "break in a csv field, or a file changed since the run started)")
+    parts = [f.iloc[lo:stop] for f, (_, lo, stop) in zip(frames, pieces, strict=True)]
+    rows = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    return rows.set_axis(pd.RangeIndex(start, start + len(rows), name="index"))
+
+
+def one_line(error: BaseException) -> str:
     """Library errors can span lines (dask wraps them); the user gets one."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1].removeprefix("Original Message: ") if lines else type(error).__name__

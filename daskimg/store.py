@@ -6,23 +6,34 @@ Two layouts share everything but the pixel files::
       zarr.json      attrs["daskimg"]       daskimg.json
       images/        (N, H, W, 3)           images/00000000.npy ... (B, H, W, 3) each
       ok/            (N,) bool              ok/00000000.npy ...
-      metadata/part-00000000.parquet ...    metadata/part-00000000.parquet ...
-      metadata/_done/00000000              metadata/_done/00000000
+      metadata/part-00000000-00001023.parquet   (a group of chunks, compacted)
+      metadata/part-00001024.parquet ...        (one chunk)
+      metadata/_done/00001024 ...               (one chunk done)
 
 A chunk is done once its marker exists, and the marker is written last, after the pixels,
 the ok flags and the metadata part are all in place; every file is written to a temporary
 name and renamed, so a killed run never leaves a chunk marked done that is incomplete.
+
+Once every chunk of a group (``GROUP_ROWS`` rows) is done, :meth:`Output.compact` merges
+their metadata parts into one file named by its chunk range, which also marks them done;
+it then deletes the parts and markers. A 10M-row output so has about 40 metadata files,
+not 40,000, and a resumed run learns what is done from two listings. Each metadata file
+keeps its rows' counts by status in its footer (``daskimg.counts``), so counting a whole
+output reads footers, not rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
 import json
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,11 +53,31 @@ from .config import COMPRESSIONS
 from .errors import OutputError
 from .fetch import DEFERRED
 
-__all__ = ["ChunkReport", "Output", "open_output", "prepare_output"]
+__all__ = ["GROUP_ROWS", "ChunkReport", "Output", "open_output", "prepare_output"]
 
 OutputFormat = Literal["zarr", "npy"]
 _NPY_SETTINGS = "daskimg.json"
 _ATTR = "daskimg"
+GROUP_ROWS = 2**18  # rows of metadata compacted into one file
+LAZY_ROWS = 2**22  # open() gives the metadata as a Dask DataFrame beyond this many rows
+_COUNTS_KEY = b"daskimg.counts"
+_PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The metadata files of an output: compacted groups (first chunk, last chunk, path), and one-chunk parts
+    that no group covers, in chunk order; and the chunks marked done one by one."""
+
+    groups: list[tuple[int, int, str]]
+    parts: dict[int, str]
+    stale: list[str]  # parts a group already covers (a compaction stopped before deleting them)
+    markers: list[int]
+
+    def files(self) -> list[str]:
+        """Every metadata file once, in row order."""
+        keyed = [(a, path) for a, _, path in self.groups] + list(self.parts.items())
+        return [path for _, path in sorted(keyed)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +109,7 @@ class Output:
     chunk: int
     n_rows: int
     id: str = ""  # made anew each time the output is created: tells a reopened output from a replaced one
+    group_rows: int = dataclasses.field(default_factory=lambda: GROUP_ROWS)  # rows a compacted metadata file holds
 
     @functools.cached_property
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -103,14 +135,89 @@ class Output:
         else:
             fs.pipe_file(final, bytes(data))
 
-    def done_chunks(self) -> set[int]:
-        """Chunks whose pixels, flags and metadata are all written."""
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk)
+
+    def listing(self) -> Listing:
+        """The metadata files and done markers, from one listing of each folder."""
         fs, root = self._fs
+        groups, parts, markers = [], {}, []
         try:
-            names = fs.ls(f"{root}/metadata/_done", detail=False)
+            names = fs.ls(f"{root}/metadata", detail=False, refresh=True)
         except FileNotFoundError:
-            return set()
-        return {int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()}
+            names = []
+        for name in names:
+            match = _PART.fullmatch(name.rsplit("/", 1)[-1])
+            if match is None:
+                continue
+            first, last = int(match[1]), int(match[2] or match[1])
+            if match[2] is None:
+                parts[first] = name
+            else:
+                groups.append((first, last, name))
+        try:
+            names = fs.ls(f"{root}/metadata/_done", detail=False, refresh=True)
+        except FileNotFoundError:
+            names = []
+        markers = [int(n.rsplit("/", 1)[-1]) for n in names if n.rsplit("/", 1)[-1].isdigit()]
+        covered = np.zeros(self.n_chunks + 1, dtype=bool)
+        for first, last, _ in groups:
+            covered[first : last + 1] = True
+        stale = [path for k, path in parts.items() if k < len(covered) and covered[k]]
+        loose = {k: path for k, path in sorted(parts.items()) if not (k < len(covered) and covered[k])}
+        return Listing(sorted(groups), loose, stale, markers)
+
+    def done_chunks(self, listing: Listing | None = None) -> np.ndarray:
+        """A bool per chunk: its pixels, flags and metadata are all written."""
+        listing = listing or self.listing()
+        done = np.zeros(self.n_chunks, dtype=bool)
+        for first, last, _ in listing.groups:
+            done[first : last + 1] = True
+        markers = np.array([k for k in listing.markers if k < self.n_chunks], dtype=np.int64)
+        done[markers] = True
+        return done
+
+    @property
+    def chunks_per_group(self) -> int:
+        return max(1, self.group_rows // self.chunk)
+
+    def group_of(self, k: int) -> int:
+        return k // self.chunks_per_group
+
+    def _group_range(self, group: int) -> range:
+        g = self.chunks_per_group
+        return range(group * g, min((group + 1) * g, self.n_chunks))
+
+    def group_done(self, group: int, done: np.ndarray) -> bool:
+        chunks = self._group_range(group)
+        return bool(done[chunks.start : chunks.stop].all())
+
+    def groups_to_compact(self, done: np.ndarray, listing: Listing | None = None) -> list[int]:
+        """Groups whose chunks are all done but whose metadata is not one file yet; stale parts are removed."""
+        listing = listing or self.listing()
+        if listing.stale:
+            self._fs[0].rm(listing.stale)
+        compacted = {self.group_of(first) for first, _, _ in listing.groups}
+        n_groups = -(-self.n_chunks // self.chunks_per_group)
+        return [g for g in range(n_groups) if g not in compacted and self.group_done(g, done)]
+
+    def compact(self, group: int) -> int:
+        """Merge the metadata parts of a group whose chunks are all done into one file, then delete
+        the parts and their done markers; returns the group's rows."""
+        fs, root = self._fs
+        chunks = self._group_range(group)
+        if len(chunks) == 1 and self.chunks_per_group == 1:
+            return self._rows(chunks.start)  # one chunk a group: its part is the group
+        tables = [pq.read_table(io.BytesIO(fs.cat_file(f"{root}/metadata/part-{k:08d}.parquet"))) for k in chunks]
+        table = pa.concat_tables(tables, promote_options="permissive")
+        counts = Counter(table.column("status").to_pylist())
+        self._put(f"metadata/part-{chunks.start:08d}-{chunks.stop - 1:08d}.parquet", _table_bytes(table, counts))
+        fs.rm([f"{root}/metadata/part-{k:08d}.parquet" for k in chunks])
+        markers = [f"{root}/metadata/_done/{k:08d}" for k in chunks]
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(markers)
+        return int(table.num_rows)
 
     def write(self, part: ImagePartition) -> ChunkReport:
         """Write one partition's chunk, then its metadata part, then its done marker.
@@ -205,14 +312,25 @@ class Output:
         else:
             zarr.open_group(self.path, mode="r+").attrs[_ATTR] = record
 
-    def status_counts(self) -> dict[str, int]:
-        """Counts by status over every written metadata part."""
-        fs, root = self._fs
-        try:
-            table = pq.read_table(f"{root}/metadata", columns=["status"], filesystem=fs)
-        except (FileNotFoundError, pa.ArrowInvalid):
-            return {}
-        return dict(Counter(table.column("status").to_pylist()))
+    def status_counts(self, listing: Listing | None = None) -> dict[str, int]:
+        """Counts by status over every written metadata file, from their footers."""
+        fs, _ = self._fs
+        files = (listing or self.listing()).files()
+        total: Counter[str] = Counter()
+        with ThreadPoolExecutor(16) as pool:  # object stores answer slowly, but many at once
+            for counts in pool.map(lambda path: _file_counts(fs, path), files):
+                total.update(counts)
+        return dict(total)
+
+
+def _file_counts(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
+    """The counts a metadata file keeps in its footer; for files written before they did, its status column."""
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        record = (parquet.schema_arrow.metadata or {}).get(_COUNTS_KEY)
+        if record is not None:
+            return dict(json.loads(record))
+        return dict(Counter(parquet.read(columns=["status"]).column("status").to_pylist()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -274,8 +392,14 @@ def _parquet_bytes(meta: pd.DataFrame) -> bytes:
     table = pa.Table.from_pandas(meta, preserve_index=False)
     fields = [META_SCHEMA.field(f.name) if f.name in META_SCHEMA.names else _carried(f) for f in table.schema]
     table = table.cast(pa.schema(fields, metadata=table.schema.metadata))  # keep pandas' dtypes (Int32 ...)
+    return _table_bytes(table, Counter(meta["status"]))
+
+
+def _table_bytes(table: pa.Table, counts: Counter[str]) -> bytes:
+    """Parquet bytes of ``table``, with its counts by status in the footer."""
+    metadata = {**(table.schema.metadata or {}), _COUNTS_KEY: json.dumps(dict(counts)).encode()}
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table.replace_schema_metadata(metadata), buf)
     return buf.getvalue()
 
 
@@ -364,16 +488,24 @@ def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[st
     )
 
 
-def open_output(path: str) -> tuple[Any, pd.DataFrame]:
+def open_output(path: str, *, lazy: bool | None = None) -> tuple[Any, Any]:
     """Open a finished (or partial) output: a Dask array of images and the metadata table.
+
+    Parameters
+    ----------
+    path
+        The output, local or any fsspec URL.
+    lazy
+        Give the metadata as a Dask DataFrame (True) or a pandas DataFrame (False); by
+        default lazily beyond ``LAZY_ROWS`` (4,194,304) rows.
 
     Returns
     -------
     images : dask.array.Array
         ``(N, H, W, 3)`` (or channels-first), chunked like the output; rows of chunks not
         written yet are zeros, as are failed rows.
-    meta : pandas.DataFrame
-        One row per input row that has been written, sorted by ``index``.
+    meta : pandas.DataFrame or dask.dataframe.DataFrame
+        One row per input row that has been written, in row order (column ``index``).
     """
     import dask.array as da
 
@@ -381,13 +513,23 @@ def open_output(path: str) -> tuple[Any, pd.DataFrame]:
     root = root.rstrip("/")
     if fs.exists(f"{root}/{_NPY_SETTINGS}"):
         settings = json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))["settings"]
-        images = _npy_images(Output(path, "npy", settings["chunk"], settings["rows"]), settings)
+        out = Output(path, "npy", settings["chunk"], settings["rows"])
+        images = _npy_images(out, settings)
     else:
         try:
-            images = da.from_zarr(zarr.open_array(path, path="images", mode="r"))
+            array = zarr.open_array(path, path="images", mode="r")
         except FileNotFoundError:
             raise OutputError(f"{path} is not a daskimg output") from None
-    meta = pd.read_parquet(f"{root}/metadata", filesystem=fs).sort_values("index", ignore_index=True)
+        images = da.from_zarr(array)
+        out = Output(path, "zarr", array.chunks[0], array.shape[0])
+    files = out.listing().files()
+    if lazy or (lazy is None and out.n_rows > LAZY_ROWS):
+        import dask.dataframe as dd
+
+        return images, dd.read_parquet([fs.unstrip_protocol(f) for f in files])
+    meta = pd.concat([pd.read_parquet(f, filesystem=fs) for f in files], ignore_index=True) if files else (
+        pd.DataFrame({name: pd.Series(dtype=t.to_pandas_dtype()) for name, t in zip(
+            META_SCHEMA.names, META_SCHEMA.types, strict=True)}))
     return images, meta
 
 
@@ -401,8 +543,8 @@ def _npy_images(out: Output, settings: dict[str, Any]) -> Any:
     fs, root = out._fs
     done = out.done_chunks()
     blocks = []
-    for k in range(-(-out.n_rows // out.chunk)):
-        if k in done:
+    for k in range(out.n_chunks):
+        if done[k]:
             blocks.append(da.from_array(_load_npy(fs, f"{root}/images/{k:08d}.npy"), chunks=-1))
         else:
             rows = min(out.chunk, out.n_rows - k * out.chunk)

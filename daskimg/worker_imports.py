@@ -35,10 +35,10 @@ def _one_malloc_arena() -> None:
 _one_malloc_arena()
 gc.disable()
 
-import dask.dataframe  # noqa: E402, F401  (the tasks that read input partitions)
 import distributed  # noqa: E402, F401
+import pyarrow.parquet  # noqa: E402, F401  (the tasks that read input blocks)
 
-from daskimg import batch, store  # noqa: E402, F401
+from daskimg import batch, sources, store  # noqa: E402, F401
 
 gc.freeze()
 gc.enable()

@@ -1,0 +1,375 @@
+"""The only place that builds the Dask graph: chunks streamed through a cluster, a window at a time.
+
+Per output chunk ``k`` the run submits four named tasks, so the dashboard's task stream
+shows each stage::
+
+    read-<token>-b  -->  rows-k  -->  fetch-k  -->  preprocess-k  -->  write-k
+    (one per input block, shared by the chunks it holds)
+
+``rows`` takes the chunk's rows out of the input blocks it spans (where a block was read,
+so only the chunk's rows travel); ``fetch`` keeps many requests in flight inside one task;
+``preprocess`` decodes and resizes in the same worker, where the bytes already are;
+``write`` stores the chunk from there. Only chunk reports (counts) come back.
+
+**Streaming.** The run never holds more than a window of chunks: about
+``daskimg.chunks-per-thread`` (2) per worker thread of the cluster *now*, read again every
+second, so workers that join get chunks at once and workers that leave shrink it. The
+next chunk is submitted as one is written; a block is read once its first chunk is
+submitted (and the next block ahead of it), and dropped once its last chunk has been.
+So client memory, the scheduler's task count and the time to the first written chunk do
+not depend on the length of the table.
+
+**Deferred rows.** A chunk written with rows ``deferred`` (a fetch stopped waiting for its
+slowest URLs) gets a ``refetch`` task that fetches them again and writes them in (see
+:mod:`daskimg.refetch`), outside the window: it only waits on the network.
+
+**Compaction.** Once every chunk of a group of chunks is done, a ``compact`` task merges
+their metadata parts into one file (see :meth:`daskimg.store.Output.compact`).
+
+**Stopping.** The first SIGINT or SIGTERM stops submitting chunks: chunks still fetching
+are cancelled, chunks whose bytes are fetched are decoded and written (for at most
+``GRACE`` seconds). A second signal aborts at once. Either way the run raises
+:class:`daskimg.errors.Interrupted`, and the next run with the same settings resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import dask
+import numpy as np
+from dask.typing import Key
+from distributed import Client, Future, as_completed
+
+from .batch import FetchedPartition, ImagePartition, fetch_partition, preprocess_partition
+from .cluster import lost_a_worker
+from .config import FetchOptions, PreprocessOptions
+from .errors import Interrupted
+from .fetch import DEFERRED
+from .refetch import refetch_deferred
+from .report import Progress
+from .sources import Block, Source, read_block, take_rows
+from .store import ChunkReport, Output
+
+__all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]
+
+log = logging.getLogger(__name__)
+
+GRACE = 10.0  # seconds a stopping run waits for chunks whose bytes are fetched
+_POLL = 0.02  # seconds between looks at the futures (signals land in between)
+
+
+class Stop:
+    """SIGINT and SIGTERM during a run: the first asks it to finish, the second to abort.
+
+    The handlers are installed only while :meth:`handling` is entered, on the main thread
+    (elsewhere signals do not reach Python code), and the previous ones are put back after.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.abort = False
+        self.streaming = False  # before the chunks stream, a signal interrupts at once: nothing to save
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            self.abort = True
+            return
+        self.signum = signum
+        if not self.streaming:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[Stop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal came."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+class Window:
+    """How many chunks may be in flight: ``per_thread`` per worker thread of the cluster, read again every second."""
+
+    def __init__(self, client: Client, per_thread: float | None = None, every: float = 1.0) -> None:
+        self.client = client
+        self.per_thread = float(dask.config.get("daskimg.chunks-per-thread", 2)) if per_thread is None else per_thread
+        self.every = every
+        self._size = 0
+        self._checked = -math.inf
+
+    def size(self) -> int:
+        now = time.monotonic()
+        if now - self._checked >= self.every:
+            self._checked = now
+            threads = sum(self.client.nthreads().values())
+            self._size = max(1, math.ceil(self.per_thread * threads))
+        return self._size
+
+
+def _poll(running: as_completed, stop: Stop | None) -> list[tuple[Future[Any], Any]]:
+    """What completed since the last look; sleeps a little when nothing did."""
+    batch: list[tuple[Future[Any], Any]] = running.next_batch(block=False)
+    if not batch:
+        time.sleep(_POLL)  # a signal ends the sleep; its handler has run by the next look
+    return batch
+
+
+def count_rows(client: Client, source: Source, stop: Stop) -> Source:
+    """``source`` counted on the cluster, one task per file or text block, a window of them at a time."""
+
+    token = uuid.uuid4().hex[:12]
+
+    def mapper(fn: Callable[[Block], Any], blocks: Sequence[Block]) -> Iterable[Any]:
+        results: list[Any] = [None] * len(blocks)
+        window = Window(client, per_thread=4)
+        pending = iter(enumerate(blocks))
+        keys: dict[Key, int] = {}
+        running = as_completed(with_results=True, raise_errors=False)
+        with _cancelling(client) as held:  # count tasks have no dependents: cancelling them is safe
+            while True:
+                while running.count() < window.size():
+                    i, block = next(pending, (-1, None))
+                    if block is None:
+                        break
+                    future = client.submit(fn, block, pure=False, key=f"count-{token}-{i}")
+                    keys[future.key] = i
+                    held.append(future)
+                    running.add(future)
+                if running.is_empty():
+                    return results
+                for future, result in _poll(running, stop):
+                    if future.status == "error":
+                        raise result[1]
+                    results[keys[future.key]] = result
+                    held.remove(future)
+                stop.check()
+
+    return source.count(mapper)
+
+
+@contextlib.contextmanager
+def _cancelling(client: Client) -> Iterator[list[Future[Any]]]:
+    """A list of futures that are cancelled if the block is left early."""
+    held: list[Future[Any]] = []
+    try:
+        yield held
+    finally:
+        if held:
+            client.cancel(held)
+
+
+@dataclass
+class _Chunk:
+    k: int
+    fetch: Future[Any]  # done: the chunk's bytes are in, a stop lets it be written
+    write: Future[Any]
+
+
+@dataclass
+class Outcome:
+    """What streaming did: rows written, and chunks not written with the reason."""
+
+    processed: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePartition:
+    """The preprocess task: one forked child per image if this chunk already cost a worker its life."""
+    return preprocess_partition(fetched, opts, isolate=lost_a_worker())
+
+
+class _Graph:
+    """Submits each chunk's tasks, and each input block's read, once."""
+
+    def __init__(self, client: Client, source: Source, chunk: int, output: Output, fetch: FetchOptions,
+                 preprocess: PreprocessOptions, token: str) -> None:
+        self.client, self.source, self.chunk, self.output = client, source, chunk, output
+        self.fetch_options, self.preprocess_options, self.token = fetch, preprocess, token
+        self.blocks: dict[int, Future[Any]] = {}
+
+    def _block(self, b: int) -> Future[Any]:
+        if b not in self.blocks:
+            block = self.source.blocks[b]
+            if block.kind == "dask":
+                part = self.source.frame.partitions[block.start].reset_index(drop=True)
+                self.blocks[b] = self.client.compute(part)
+            else:
+                self.blocks[b] = self.client.submit(read_block, block, self.source.url_col,
+                                                    key=f"read-{self.token}-{b}")
+        return self.blocks[b]
+
+    def submit(self, k: int) -> _Chunk:
+        source, offsets = self.source, self.source.offsets
+        assert offsets is not None
+        start = k * self.chunk
+        spans = source.spans(start, min(start + self.chunk, source.n_rows))
+        for b in [b for b in self.blocks if b < spans[0][0]]:
+            del self.blocks[b]  # no later chunk needs it: the scheduler forgets it once its chunks have their rows
+        frames = [self._block(b) for b, _, _ in spans]
+        if spans[-1][0] + 1 < len(source.blocks):
+            self._block(spans[-1][0] + 1)  # read ahead, so chunks do not wait at a block's border
+        pieces = [(int(offsets[b + 1] - offsets[b]), lo, stop) for b, lo, stop in spans]
+        where = [f"{source.blocks[b].path} (from byte {source.blocks[b].start})" if source.blocks[b].path
+                 else source.name for b, _, _ in spans]
+        token, c = self.token, self.client
+        rows = c.submit(take_rows, frames, pieces, start, where, key=f"rows-{token}-{k}")
+        fetched = c.submit(fetch_partition, rows, source.url_col, self.fetch_options, defer=True,
+                           key=f"fetch-{token}-{k}")
+        images = c.submit(_preprocess, fetched, self.preprocess_options, key=f"preprocess-{token}-{k}")
+        return _Chunk(k, fetched, c.submit(self.output.write, images, key=f"write-{token}-{k}"))
+
+    def refetch(self, k: int) -> Future[Any]:
+        return self.client.submit(refetch_deferred, self.output, k, self.fetch_options, self.preprocess_options,
+                                  key=f"refetch-{self.token}-{k}")
+
+    def compact(self, group: int) -> Future[Any]:
+        return self.client.submit(self.output.compact, group, key=f"compact-{self.token}-{group}")
+
+
+def stream_chunks(
+    client: Client,
+    source: Source,
+    *,
+    chunk: int,
+    output: Output,
+    done: np.ndarray,
+    fetch: FetchOptions,
+    preprocess: PreprocessOptions,
+    token: str,
+    bar: Progress,
+    stop: Stop,
+    window: Window | None = None,
+    only: np.ndarray | None = None,
+) -> Outcome:
+    """Fetch, preprocess and write every chunk not ``done`` (a bool per chunk, updated here), or of those
+    the ones ``only`` marks; see the module."""
+    graph = _Graph(client, source, chunk, output, fetch, preprocess, token)
+    window = window or Window(client)
+    todo: Iterator[int] = (int(k) for k in np.flatnonzero(~done if only is None else ~done & only))
+    outcome = Outcome()
+    inflight: dict[Key, _Chunk] = {}  # write key -> chunk
+    side: dict[Key, tuple[str, int]] = {}  # refetch / compact key -> (what, chunk or group)
+    running = as_completed(with_results=True, raise_errors=False)
+    compacting = {g for g in output.groups_to_compact(done)}
+    for g in compacting:
+        _add(running, side, graph.compact(g), "compact", g)
+    exhausted = False
+    finishing_until: float | None = None
+    stop.streaming = True
+    try:
+        while True:
+            if stop.abort:
+                break
+            if stop.requested and finishing_until is None:
+                finishing_until = time.monotonic() + GRACE
+                still_fetching = [key for key, c in inflight.items() if not c.fetch.done()]
+                refetching = [f for f in running.futures if side.get(f.key, ("",))[0] == "refetch"]
+                _cancel(client, [inflight.pop(key).write for key in still_fetching] + refetching)
+                bar.finishing(len(inflight))
+            if finishing_until is None:
+                limit = window.size()
+                while not exhausted and len(inflight) < limit:
+                    k = next(todo, None)
+                    if k is None:
+                        exhausted = True
+                        break
+                    c = graph.submit(k)
+                    inflight[c.write.key] = c
+                    running.add(c.write)
+            elif time.monotonic() > finishing_until:
+                break
+            if running.is_empty():
+                break
+            for future, result in _poll(running, stop):
+                key = future.key
+                if key in side:
+                    what, n = side.pop(key)
+                    if what == "refetch":
+                        _chunk_result(future, result, n, outcome, bar, done, refetch=True)
+                        _maybe_compact(graph, output, done, n, running, side, compacting, stop)
+                    elif future.status == "error":
+                        log.warning("could not compact the metadata of chunk group %d: %s", n, result[1])
+                    continue
+                written = inflight.pop(key, None)
+                if written is None:
+                    continue
+                report = _chunk_result(future, result, written.k, outcome, bar, done)
+                if report is not None and report.counts.get(DEFERRED) and not stop.requested:
+                    _add(running, side, graph.refetch(written.k), "refetch", written.k)
+                elif report is not None:
+                    _maybe_compact(graph, output, done, written.k, running, side, compacting, stop)
+    finally:
+        stop.streaming = False
+        _cancel(client, list(running.futures))
+        running.clear()
+        inflight.clear()
+    return outcome
+
+
+def _cancel(client: Client, leaves: list[Future[Any]]) -> None:
+    """Cancel futures that no other task depends on (writes, refetches, compactions).
+
+    Their dependencies are released with them once the client holds no future of theirs
+    (a task running on a worker finishes there, and its result is dropped). Cancelling a
+    future whose dependents the client has let go of trips an assertion in the scheduler
+    (``stimulus_cancel``, distributed 2026.8), so no inner future is cancelled directly.
+    """
+    if leaves:
+        client.cancel(leaves)
+
+
+def _add(running: as_completed, side: dict[Key, tuple[str, int]], future: Future[Any], what: str, n: int) -> None:
+    side[future.key] = (what, n)
+    running.add(future)
+
+
+def _chunk_result(future: Future[Any], result: Any, k: int, outcome: Outcome, bar: Progress, done: np.ndarray,
+                  *, refetch: bool = False) -> ChunkReport | None:
+    """Count a finished write or refetch; a failed one is listed, a cancelled one forgotten.
+
+    A refetch fetches without deferring, so the chunk is done after it; a write is done
+    unless rows of it were deferred.
+    """
+    if future.status == "error":
+        error = result[1]
+        outcome.failed[k] = f"{type(error).__name__}: {error}"
+        return None
+    if not isinstance(result, ChunkReport):  # cancelled
+        return None
+    outcome.processed += result.rows
+    bar.update(result.rows, result.counts)
+    done[k] = refetch or not result.counts.get(DEFERRED)
+    return result
+
+
+def _maybe_compact(graph: _Graph, output: Output, done: np.ndarray, k: int, running: as_completed,
+                   side: dict[Key, tuple[str, int]], compacting: set[int], stop: Stop) -> None:
+    group = output.group_of(k)
+    if stop.requested or group in compacting or not output.group_done(group, done):
+        return
+    compacting.add(group)
+    _add(running, side, graph.compact(group), "compact", group)
