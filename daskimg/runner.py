@@ -35,6 +35,7 @@ are cancelled, chunks whose bytes are fetched are decoded and written (for at mo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import signal
@@ -48,6 +49,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import pandas as pd
 from dask.typing import Key
 from distributed import Client, Future, as_completed
 
@@ -202,45 +204,63 @@ def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePart
     return preprocess_partition(fetched, opts, isolate=lost_a_worker())
 
 
+def _fetch(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> FetchedPartition:
+    """The fetch task: a chunk's URLs, its slowest ones possibly deferred."""
+    return fetch_partition(rows, url_col, opts, defer=True)
+
+
 class _Graph:
-    """Submits each chunk's tasks, and each input block's read, once."""
+    """Submits chunks' tasks, each input block's read once, in one message per batch of chunks."""
 
     def __init__(self, client: Client, source: Source, chunk: int, output: Output, fetch: FetchOptions,
                  preprocess: PreprocessOptions, token: str) -> None:
         self.client, self.source, self.chunk, self.output = client, source, chunk, output
         self.fetch_options, self.preprocess_options, self.token = fetch, preprocess, token
-        self.blocks: dict[int, Future[Any]] = {}
+        self.blocks: dict[int, Future[Any] | str] = {}  # a future, or the key of a read in the batch being built
 
-    def _block(self, b: int) -> Future[Any]:
+    def _block(self, b: int, dsk: dict[str, Any]) -> Future[Any] | str:
         if b not in self.blocks:
             block = self.source.blocks[b]
             if block.kind == "dask":
                 part = self.source.frame.partitions[block.start].reset_index(drop=True)
                 self.blocks[b] = self.client.compute(part)
             else:
-                self.blocks[b] = self.client.submit(read_block, block, self.source.url_col,
-                                                    key=f"read-{self.token}-{b}")
+                key = f"read-{self.token}-{b}"
+                dsk[key] = (read_block, block, self.source.url_col)
+                self.blocks[b] = key
         return self.blocks[b]
 
-    def submit(self, k: int) -> _Chunk:
+    def _add(self, k: int, dsk: dict[str, Any]) -> tuple[str, str]:
+        """Chunk ``k``'s four tasks into ``dsk``; returns the keys of its fetch and its write."""
         source, offsets = self.source, self.source.offsets
         assert offsets is not None
         start = k * self.chunk
         spans = source.spans(start, min(start + self.chunk, source.n_rows))
         for b in [b for b in self.blocks if b < spans[0][0]]:
             del self.blocks[b]  # no later chunk needs it: the scheduler forgets it once its chunks have their rows
-        frames = [self._block(b) for b, _, _ in spans]
+        frames = [self._block(b, dsk) for b, _, _ in spans]
         if spans[-1][0] + 1 < len(source.blocks):
-            self._block(spans[-1][0] + 1)  # read ahead, so chunks do not wait at a block's border
+            self._block(spans[-1][0] + 1, dsk)  # read ahead, so chunks do not wait at a block's border
         pieces = [(int(offsets[b + 1] - offsets[b]), lo, stop) for b, lo, stop in spans]
         where = [f"{source.blocks[b].path} (from byte {source.blocks[b].start})" if source.blocks[b].path
                  else source.name for b, _, _ in spans]
-        token, c = self.token, self.client
-        rows = c.submit(take_rows, frames, pieces, start, where, key=f"rows-{token}-{k}")
-        fetched = c.submit(fetch_partition, rows, source.url_col, self.fetch_options, defer=True,
-                           key=f"fetch-{token}-{k}")
-        images = c.submit(_preprocess, fetched, self.preprocess_options, key=f"preprocess-{token}-{k}")
-        return _Chunk(k, fetched, c.submit(self.output.write, images, key=f"write-{token}-{k}"))
+        rows, fetch, images, write = (f"{stage}-{self.token}-{k}" for stage in ("rows", "fetch", "preprocess", "write"))
+        dsk[rows] = (take_rows, frames, pieces, start, where)
+        dsk[fetch] = (_fetch, rows, source.url_col, self.fetch_options)
+        dsk[images] = (_preprocess, fetch, self.preprocess_options)
+        dsk[write] = (self.output.write, images)
+        return fetch, write
+
+    def submit(self, chunks: Sequence[int]) -> list[_Chunk]:
+        """The tasks of ``chunks`` and of the blocks they read, in one graph: one message to the scheduler."""
+        dsk: dict[str, Any] = {}
+        keys = [self._add(k, dsk) for k in chunks]
+        reads = [(b, key) for b, key in self.blocks.items() if isinstance(key, str)]
+        wanted = [key for pair in keys for key in pair] + [key for _, key in reads]
+        futures = dict(zip(wanted, self.client.get(dsk, wanted, sync=False), strict=True))
+        for b, key in reads:
+            self.blocks[b] = futures[key]
+        return [_Chunk(k, futures[fetch], futures[write]) for k, (fetch, write) in zip(chunks, keys, strict=True)]
 
     def refetch(self, k: int) -> Future[Any]:
         return self.client.submit(refetch_deferred, self.output, k, self.fetch_options, self.preprocess_options,
@@ -290,18 +310,16 @@ def stream_chunks(
                 refetching = [f for f in running.futures if side.get(f.key, ("",))[0] == "refetch"]
                 _cancel(client, [inflight.pop(key).write for key in still_fetching] + refetching)
                 bar.finishing(len(inflight))
-            if finishing_until is None:
-                limit = window.size()
-                while not exhausted and len(inflight) < limit:
-                    k = next(todo, None)
-                    if k is None:
-                        exhausted = True
-                        break
-                    c = graph.submit(k)
+            if finishing_until is not None:
+                if time.monotonic() > finishing_until:
+                    break
+            elif not exhausted:
+                room = window.size() - len(inflight)
+                batch = list(itertools.islice(todo, max(0, room)))
+                exhausted = len(batch) < room
+                for c in graph.submit(batch) if batch else ():
                     inflight[c.write.key] = c
                     running.add(c.write)
-            elif time.monotonic() > finishing_until:
-                break
             if running.is_empty():
                 break
             for future, result in _poll(running, stop):
