@@ -9,6 +9,8 @@ and the workers. Prints, for one run of the command line with its default local 
 * seconds from the command's start to the first chunk written;
 * the client's peak RSS (``VmHWM`` of the command's process, which runs the scheduler too);
 * the scheduler's largest task count (from its Prometheus endpoint, every 0.25 s);
+* CPU seconds of the command's process (the client and, on its local cluster, the scheduler) and of
+  its worker processes, and what they come to per row and per chunk;
 * any line on stderr that is not the progress or the summary.
 
     python benchmarks/scale.py --rows 1000000 --format txt
@@ -23,6 +25,7 @@ task count (``pip install prometheus_client``); nginx (``apt-get install nginx-l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -34,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
@@ -86,9 +90,23 @@ def first_written(out: Path) -> bool:
         return False
 
 
+def cpu_seconds(pid: int, cpu: dict[int, tuple[str, float]]) -> None:
+    """Record the CPU time so far of ``pid`` ("client") and of its descendants ("workers")."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [("client", proc)] + [("workers", p) for p in proc.children(recursive=True)]
+        for kind, p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                cpu[p.pid] = (kind, t.user + t.system)
+    except psutil.Error:
+        pass
+
+
 def run_once(cmd: list[str], out: Path, port: int, stop_after: float | None) -> dict[str, object]:
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cpu: dict[int, tuple[str, float]] = {}
     first = None
     most_tasks, rss = 0, 0.0
     written_before = _done_rows(out)
@@ -100,6 +118,7 @@ def run_once(cmd: list[str], out: Path, port: int, stop_after: float | None) -> 
         tasks = scheduler_tasks(port)
         most_tasks = max(most_tasks, tasks or 0)
         rss = max(rss, peak_rss_mib(proc.pid) or 0.0)
+        cpu_seconds(proc.pid, cpu)
         if stop_after is not None and first is not None and now - start > first + stop_after:
             proc.send_signal(signal.SIGTERM)
             stop_after = None
@@ -117,6 +136,12 @@ def run_once(cmd: list[str], out: Path, port: int, stop_after: float | None) -> 
     if processed and first is not None and wall > first:
         result["rows_per_s"] = round(processed / wall)
         result["rows_per_s_after_first"] = round(processed / (wall - first))
+        chunk = int(re.search(r"chunks of (\d+)", stderr)[1]) if re.search(r"chunks of (\d+)", stderr) else 256
+        for kind in ("client", "workers"):
+            seconds = sum(t for k, t in cpu.values() if k == kind)
+            result[f"{kind}_cpu_s"] = round(seconds, 1)
+            result[f"{kind}_cpu_us_per_row"] = round(1e6 * seconds / processed, 1)
+            result[f"{kind}_cpu_ms_per_chunk"] = round(1e3 * seconds * chunk / processed, 2)
     if proc.returncode == 143:
         result["exit_after_sigterm_s"] = round(time.monotonic() - stopped, 1)
     return result

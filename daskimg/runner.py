@@ -1,23 +1,21 @@
 """The only place that builds the Dask graph: chunks streamed through a cluster, a window at a time.
 
-Per output chunk ``k`` the run submits four named tasks, so the dashboard's task stream
+Per output chunk ``k`` the run submits three named tasks, so the dashboard's task stream
 shows each stage::
 
-    read-<token>-b  -->  rows-k  -->  fetch-k  -->  preprocess-k  -->  write-k
-    (one per input block, shared by the chunks it holds)
+    fetch-<token>-k  -->  preprocess-<token>-k  -->  write-<token>-k
 
-``rows`` takes the chunk's rows out of the input blocks it spans (where a block was read,
-so only the chunk's rows travel); ``fetch`` keeps many requests in flight inside one task;
-``preprocess`` decodes and resizes in the same worker, where the bytes already are;
-``write`` stores the chunk from there. Only chunk reports (counts) come back.
+``fetch`` reads the chunk's rows from the input blocks it spans (each worker keeps the last
+blocks it read, see :mod:`daskimg.sources`) and keeps many requests in flight inside one
+task; it depends on no other task, so the scheduler hands it to whichever worker has a
+free thread. ``preprocess`` decodes and resizes in the same worker, where the bytes
+already are; ``write`` stores the chunk from there. Only chunk reports (counts) come back.
 
 **Streaming.** The run never holds more than a window of chunks: about
 ``daskimg.chunks-per-thread`` (2) per worker thread of the cluster *now*, read again every
 second, so workers that join get chunks at once and workers that leave shrink it. The
-next chunk is submitted as one is written; a block is read once its first chunk is
-submitted (and the next block ahead of it), and dropped once its last chunk has been.
-So client memory, the scheduler's task count and the time to the first written chunk do
-not depend on the length of the table.
+next chunk is submitted as one is written. So client memory, the scheduler's task count
+and the time to the first written chunk do not depend on the length of the table.
 
 **Deferred rows.** A chunk written with rows ``deferred`` (a fetch stopped waiting for its
 slowest URLs) gets a ``refetch`` task that fetches them again and writes them in (see
@@ -49,7 +47,6 @@ from typing import Any
 
 import dask
 import numpy as np
-import pandas as pd
 from dask.typing import Key
 from distributed import Client, Future, as_completed
 
@@ -60,7 +57,7 @@ from .errors import Interrupted
 from .fetch import DEFERRED
 from .refetch import refetch_deferred
 from .report import Progress
-from .sources import Block, Source, read_block, take_rows
+from .sources import Block, Source, read_rows
 from .store import ChunkReport, Output
 
 __all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]
@@ -204,62 +201,49 @@ def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePart
     return preprocess_partition(fetched, opts, isolate=lost_a_worker())
 
 
-def _fetch(rows: pd.DataFrame, url_col: str, opts: FetchOptions) -> FetchedPartition:
-    """The fetch task: a chunk's URLs, its slowest ones possibly deferred."""
-    return fetch_partition(rows, url_col, opts, defer=True)
+def _fetch(pieces: list[Any], start: int, url_col: str, opts: FetchOptions) -> FetchedPartition:
+    """The fetch task: read a chunk's rows (see :func:`daskimg.sources.read_rows`), then fetch their URLs;
+    its slowest ones may come back deferred."""
+    return fetch_partition(read_rows(pieces, start, url_col), url_col, opts, defer=True)
 
 
 class _Graph:
-    """Submits chunks' tasks, each input block's read once, in one message per batch of chunks."""
+    """Submits chunks' tasks, in one message per batch of chunks."""
 
     def __init__(self, client: Client, source: Source, chunk: int, output: Output, fetch: FetchOptions,
                  preprocess: PreprocessOptions, token: str) -> None:
         self.client, self.source, self.chunk, self.output = client, source, chunk, output
         self.fetch_options, self.preprocess_options, self.token = fetch, preprocess, token
-        self.blocks: dict[int, Future[Any] | str] = {}  # a future, or the key of a read in the batch being built
+        self.partitions: dict[int, Future[Any]] = {}  # a Dask DataFrame input's partitions, computed as needed
 
-    def _block(self, b: int, dsk: dict[str, Any]) -> Future[Any] | str:
-        if b not in self.blocks:
-            block = self.source.blocks[b]
-            if block.kind == "dask":
-                part = self.source.frame.partitions[block.start].reset_index(drop=True)
-                self.blocks[b] = self.client.compute(part)
-            else:
-                key = f"read-{self.token}-{b}"
-                dsk[key] = (read_block, block, self.source.url_col)
-                self.blocks[b] = key
-        return self.blocks[b]
+    def _pieces(self, start: int, stop: int) -> list[Any]:
+        pieces: list[Any] = self.source.pieces(start, stop)
+        if self.source.frame is None:
+            return pieces  # the task reads its rows itself: it depends on no other task
+        first = pieces[0][0].start
+        for p in [p for p in self.partitions if p < first]:
+            del self.partitions[p]  # no later chunk needs it
+        for block, _, _, _ in pieces:
+            if block.start not in self.partitions:
+                self.partitions[block.start] = self.client.compute(self.source.frame.partitions[block.start])
+        return [(self.partitions[block.start], n, lo, end) for block, n, lo, end in pieces]
 
     def _add(self, k: int, dsk: dict[str, Any]) -> tuple[str, str]:
-        """Chunk ``k``'s four tasks into ``dsk``; returns the keys of its fetch and its write."""
-        source, offsets = self.source, self.source.offsets
-        assert offsets is not None
+        """Chunk ``k``'s three tasks into ``dsk``; returns the keys of its fetch and its write."""
         start = k * self.chunk
-        spans = source.spans(start, min(start + self.chunk, source.n_rows))
-        for b in [b for b in self.blocks if b < spans[0][0]]:
-            del self.blocks[b]  # no later chunk needs it: the scheduler forgets it once its chunks have their rows
-        frames = [self._block(b, dsk) for b, _, _ in spans]
-        if spans[-1][0] + 1 < len(source.blocks):
-            self._block(spans[-1][0] + 1, dsk)  # read ahead, so chunks do not wait at a block's border
-        pieces = [(int(offsets[b + 1] - offsets[b]), lo, stop) for b, lo, stop in spans]
-        where = [f"{source.blocks[b].path} (from byte {source.blocks[b].start})" if source.blocks[b].path
-                 else source.name for b, _, _ in spans]
-        rows, fetch, images, write = (f"{stage}-{self.token}-{k}" for stage in ("rows", "fetch", "preprocess", "write"))
-        dsk[rows] = (take_rows, frames, pieces, start, where)
-        dsk[fetch] = (_fetch, rows, source.url_col, self.fetch_options)
+        pieces = self._pieces(start, min(start + self.chunk, self.source.n_rows))
+        fetch, images, write = (f"{stage}-{self.token}-{k}" for stage in ("fetch", "preprocess", "write"))
+        dsk[fetch] = (_fetch, pieces, start, self.source.url_col, self.fetch_options)
         dsk[images] = (_preprocess, fetch, self.preprocess_options)
         dsk[write] = (self.output.write, images)
         return fetch, write
 
     def submit(self, chunks: Sequence[int]) -> list[_Chunk]:
-        """The tasks of ``chunks`` and of the blocks they read, in one graph: one message to the scheduler."""
+        """The tasks of ``chunks`` in one graph: one message to the scheduler."""
         dsk: dict[str, Any] = {}
         keys = [self._add(k, dsk) for k in chunks]
-        reads = [(b, key) for b, key in self.blocks.items() if isinstance(key, str)]
-        wanted = [key for pair in keys for key in pair] + [key for _, key in reads]
+        wanted = [key for pair in keys for key in pair]
         futures = dict(zip(wanted, self.client.get(dsk, wanted, sync=False), strict=True))
-        for b, key in reads:
-            self.blocks[b] = futures[key]
         return [_Chunk(k, futures[fetch], futures[write]) for k, (fetch, write) in zip(chunks, keys, strict=True)]
 
     def refetch(self, k: int) -> Future[Any]:

@@ -13,8 +13,14 @@ that the client never reads a row:
    the URL column. Nothing is counted yet.
 2. :func:`count_block` (a task per file or byte range, on the cluster): how many rows each
    block holds; parquet row groups are counted from the file's footer alone.
-3. :func:`read_block` and :func:`take_rows` (tasks): a block's rows, and one chunk's rows
-   taken from the blocks it spans, numbered globally.
+3. :func:`read_rows` (inside each chunk's fetch task): the chunk's rows, taken from the
+   blocks it spans and numbered globally. A worker process keeps the last blocks it read
+   (``CACHED_BLOCKS``), so the chunks of a block that land on one worker read it once.
+
+So a chunk's first task depends on no other task: the scheduler gives it to whichever
+worker has a free thread, as it does with any root task, and a worker that joins gets
+chunks at once. The price is that each worker reads the blocks of the chunks it takes:
+the input is read ``min(workers, chunks in a block)`` times over.
 
 Row ``i`` of the table (files in sorted order, rows in file order) keeps number ``i``
 through every stage, so output row ``i`` is input row ``i``.
@@ -26,6 +32,8 @@ import dataclasses
 import io
 import json
 import posixpath
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,14 +42,17 @@ import fsspec
 import fsspec.utils
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .config import INPUT_FORMATS
 from .errors import InputError
 
-__all__ = ["BLOCKSIZE", "Block", "Source", "count_block", "plan_source", "read_block", "take_rows"]
+__all__ = ["BLOCKSIZE", "Block", "Piece", "Source", "count_block", "plan_source", "read_block", "read_rows"]
 
-BLOCKSIZE = 16 * 2**20  # bytes of an uncompressed text table per block
+BLOCKSIZE = 8 * 2**20  # bytes of an uncompressed text table per block
+CACHED_BLOCKS = 2  # blocks a worker process keeps after reading them
 MEMORY_BLOCK_ROWS = 2**16  # rows of an in-memory table per block
+_TEXT = ("txt", "csv", "tsv", "jsonl")
 _SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BlockKind = Literal["txt", "csv", "tsv", "jsonl", "parquet", "memory", "dask"]
 
@@ -64,6 +75,9 @@ class Block:
     first: bool = True  # the block starts the file (csv / tsv: its first line is the header)
     dtypes: tuple[tuple[str, str], ...] = ()  # csv / tsv: column types, from the first file's head
     data: pd.DataFrame | None = None  # memory: the rows themselves
+
+
+Piece = tuple[Block, int, int, int]  # a block, the rows counted in it, and a range of them
 
 
 @dataclass(frozen=True)
@@ -112,16 +126,27 @@ class Source:
         offsets = np.concatenate([[0], np.cumsum([n for _, n in kept])]).astype(np.int64)
         return dataclasses.replace(self, blocks=tuple(b for b, _ in kept), offsets=offsets)
 
+    def pieces(self, start: int, stop: int) -> list[Piece]:
+        """What rows ``start .. stop - 1`` are: (block, rows counted in it, first row, end row) for each
+        block they span; an in-memory block comes as just those rows."""
+        assert self.offsets is not None
+        pieces = []
+        for b, lo, end in self.spans(start, stop):
+            block, counted = self.blocks[b], int(self.offsets[b + 1] - self.offsets[b])
+            if block.kind == "memory":
+                assert block.data is not None
+                block = dataclasses.replace(block, data=block.data.iloc[lo:end])
+                counted, lo, end = end - lo, 0, end - lo
+            pieces.append((block, counted, lo, end))
+        return pieces
+
     def rows(self, start: int = 0, stop: int | None = None) -> pd.DataFrame:
         """Rows ``start .. stop - 1`` read here, in this process, as a chunk's task reads them (counted sources)."""
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
-        spans = self.spans(start, stop)
-        assert self.offsets is not None
-        frames = [read_block(self.blocks[b], self.url_col) if self.frame is None
-                  else self.frame.partitions[self.blocks[b].start].compute().reset_index(drop=True)
-                  for b, _, _ in spans]
-        pieces = [(int(self.offsets[b + 1] - self.offsets[b]), lo, end) for b, lo, end in spans]
-        return take_rows(frames, pieces, start, [self.name] * len(spans))
+        pieces: list[Any] = self.pieces(start, stop)
+        if self.frame is not None:  # a Dask DataFrame's partitions, computed here
+            pieces = [(self.frame.partitions[block.start].compute(), n, lo, end) for block, n, lo, end in pieces]
+        return read_rows(pieces, start, self.url_col)
 
     def spans(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         """The blocks holding rows ``start .. stop - 1``: (block, first row, end row) within each block."""
@@ -291,8 +316,9 @@ def _block_bytes(block: Block) -> bytes:
         return bytes(fsspec.utils.read_block(f, block.start, block.length, delimiter=b"\n"))
 
 
-def read_block(block: Block, url_col: str) -> pd.DataFrame:
-    """The rows of ``block`` as a DataFrame with a 0-based index; a text row that is not UTF-8 stays a row."""
+def read_block(block: Block, url_col: str) -> pd.DataFrame | pa.Table:
+    """The rows of ``block``: a DataFrame with a 0-based index, or an Arrow table (parquet); a text row
+    that is not UTF-8 stays a row."""
     if block.kind == "memory":
         assert block.data is not None
         return block.data.reset_index(drop=True)
@@ -301,7 +327,7 @@ def read_block(block: Block, url_col: str) -> pd.DataFrame:
 
         fs, path = fsspec.core.url_to_fs(block.path)
         with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).read_row_group(block.start).to_pandas().reset_index(drop=True)
+            return pq.ParquetFile(f).read_row_group(block.start)  # Arrow: compact while cached
     data = _block_bytes(block)
     if block.kind == "txt":
         lines = data.decode("utf-8", errors="replace").split("\n")
@@ -325,20 +351,61 @@ def _parse_csv(data: bytes, fmt: str, dtypes: tuple[tuple[str, str], ...], url_c
                        keep_default_na=False, na_values=[], skip_blank_lines=False, encoding_errors="replace")
 
 
-def take_rows(frames: Sequence[pd.DataFrame], pieces: Sequence[tuple[int, int, int]], start: int,
-              where: Sequence[str]) -> pd.DataFrame:
-    """One chunk's rows, numbered ``start, start + 1, ...``: ``frames[i].iloc[lo:stop]`` for each piece
-    ``(rows counted in block i, lo, stop)``.
+class _BlockCache:
+    """The blocks this process read last; a block that several threads ask for at once is read once."""
 
-    A block that now parses to another number of rows than was counted (a quoted line break
-    in a csv field, a file changed since the run started) is an error: its rows would land
-    in the wrong place.
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._blocks: OrderedDict[tuple[Any, ...], pd.DataFrame | pa.Table] = OrderedDict()
+        self._reading: dict[tuple[Any, ...], threading.Lock] = {}
+
+    def get(self, block: Block, url_col: str) -> pd.DataFrame | pa.Table:
+        key = (block.kind, block.path, block.start, block.length, url_col)
+        with self._lock:
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            with self._lock:
+                if key in self._blocks:
+                    return self._blocks[key]
+            rows = read_block(block, url_col)
+            with self._lock:
+                self._blocks[key] = rows
+                while len(self._blocks) > self.size:
+                    self._blocks.popitem(last=False)
+                self._reading.pop(key, None)
+        return rows
+
+
+_CACHE = _BlockCache(CACHED_BLOCKS)
+
+
+def read_rows(pieces: Sequence[tuple[Block | pd.DataFrame, int, int, int]], start: int, url_col: str) -> pd.DataFrame:
+    """A chunk's rows, numbered ``start, start + 1, ...``: rows ``lo .. end - 1`` of each piece's block.
+
+    A block is read through this process's cache of recent blocks; a piece may also carry
+    the block's rows themselves (a Dask DataFrame partition). A block that now holds
+    another number of rows than was counted (a quoted line break in a csv field, a file
+    changed since the run started) is an error: its rows would land in the wrong place.
     """
-    for frame, (counted, _, _), place in zip(frames, pieces, where, strict=True):
-        if len(frame) != counted:
-            raise InputError(f"{place} holds {len(frame)} rows where {counted} were counted (a quoted line "
-                             "break in a csv field, or a file changed since the run started)")
-    parts = [f.iloc[lo:stop] for f, (_, lo, stop) in zip(frames, pieces, strict=True)]
+    parts = []
+    for source, counted, lo, end in pieces:
+        if isinstance(source, Block):
+            whole = source.data if source.kind == "memory" else _CACHE.get(source, url_col)
+            where = f"{source.path} (from byte {source.start})" if source.kind in _TEXT else source.path
+        else:
+            whole, where = source, "a Dask DataFrame partition"
+        assert whole is not None
+        if len(whole) != counted:
+            raise InputError(f"{where or 'an input block'} holds {len(whole)} rows where {counted} were counted "
+                             "(a quoted line break in a csv field, or a file changed since the run started)")
+        if isinstance(whole, pa.Table):
+            parts.append(whole.slice(lo, end - lo).to_pandas().reset_index(drop=True))
+        else:
+            parts.append(whole.iloc[lo:end])
     rows = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     return rows.set_axis(pd.RangeIndex(start, start + len(rows), name="index"))
 

@@ -65,6 +65,18 @@ def test_planning_reads_no_rows_and_parquet_is_counted_from_footers(tmp_path: Pa
     assert source.rows(190, 330)["url"].tolist() == URLS[190:330]
 
 
+def test_chunks_of_one_block_read_it_once_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker keeps the blocks it read last: the chunks of a block that it takes read it once."""
+    source = counted(write_table(tmp_path, "txt", TABLE))
+    reads = []
+    read_block = daskimg.sources.read_block
+    monkeypatch.setattr(daskimg.sources, "read_block", lambda *a: reads.append(a) or read_block(*a))
+    monkeypatch.setattr(daskimg.sources, "_CACHE", daskimg.sources._BlockCache(2))
+    rows = pd.concat([source.rows(start, start + 50) for start in range(0, 700, 50)])
+    assert rows["url"].tolist() == URLS
+    assert len(reads) == 1
+
+
 @pytest.mark.parametrize("fmt", ["txt", "csv", "jsonl"])
 def test_a_row_that_is_not_utf8_stays_a_row(tmp_path: Path, fmt: str) -> None:
     good = b"http://example.com/a.jpg"
