@@ -18,8 +18,9 @@ and the workers. Prints, for one run of the command line with its default local 
     python benchmarks/scale.py --rows 100000000 --format parquet --shards 100 --stop-after 120
 
 ``--stop-after S`` sends SIGTERM S seconds after the first chunk, then runs the same command
-again and reports how soon it writes again (resuming). Needs ``prometheus_client`` for the
-task count (``pip install prometheus_client``); nginx (``apt-get install nginx-light``).
+again, reports how soon it writes again (resuming), and stops that one too (after 30 s at
+most). Needs ``prometheus_client`` for the task count (``pip install prometheus_client``) and
+nginx (``apt-get install nginx-light``).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def run_once(cmd: list[str], out: Path, port: int, stop_after: float | None) -> 
     wall = time.monotonic() - start
     match = re.search(r"(\d+) rows processed", stdout)
     processed = int(match[1]) if match else None
+    (out.parent / f"stderr-{int(start)}.txt").write_text(stderr)
     noise = [line for line in stderr.splitlines() if not line.startswith(("daskimg: ", "["))]
     result: dict[str, object] = {
         "exit": proc.returncode, "wall_s": round(wall, 1), "first_chunk_s": None if first is None else round(first, 1),
@@ -186,7 +188,7 @@ def main() -> None:
                "--dashboard-address", f"127.0.0.1:{port}", *args.daskimg_args.split()]
         results = {"rows": args.rows, "format": args.format, "run": run_once(cmd, out, port, args.stop_after)}
         if args.stop_after is not None:
-            results["resumed"] = run_once(cmd, out, port, args.stop_after)
+            results["resumed"] = run_once(cmd, out, port, min(args.stop_after, 30.0))
         print(json.dumps(results, indent=2))
     finally:
         getattr(server, "terminate", getattr(server, "close", lambda: None))()

@@ -196,7 +196,7 @@ class Job:
             only = None if chunks is None else np.isin(np.arange(output.n_chunks), np.asarray(chunks, dtype=np.int64))
             bar = Progress(output.n_rows, enabled=progress)
             if resumed:  # a resumed run starts the bar where the last one stopped
-                bar.update(_rows_in(output, done), output.status_counts(listing))
+                bar.resume(_rows_in(output, done), output.status_counts(listing))
             outcome = stream_chunks(
                 c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
                 preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,

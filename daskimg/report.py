@@ -59,7 +59,7 @@ class Progress:
     """A one-line progress bar: done/total, img/s, ok/failed and ETA, redrawn at most every 0.5 s."""
 
     def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True) -> None:
-        self.total, self.done = total, 0
+        self.total, self.done, self.resumed = total, 0, 0
         self.counts: Counter[str] = Counter()
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -75,6 +75,11 @@ class Progress:
         self.writing = chunks
         self.draw(force=True)
 
+    def resume(self, rows: int, counts: dict[str, int]) -> None:
+        """Start from what earlier runs did; the rate counts only what this run does."""
+        self.resumed = rows
+        self.update(rows, counts)
+
     def update(self, rows: int, counts: dict[str, int]) -> None:
         self.done += rows
         self.counts.update(counts)
@@ -82,7 +87,7 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self.resumed) / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "--:--:--"
         width = 24

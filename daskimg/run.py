@@ -114,7 +114,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, default=_F.concurrency,
                    help=f"transfers in flight per fetch task; a worker runs one per thread (default {_F.concurrency})")
     g.add_argument("--per-host", type=int, default=_F.per_host,
-                   help=f"connections to one host per fetch task (politeness; default {_F.per_host})")
+                   help=f"connections to one host per fetch task (politeness; default {_F.per_host}); a cluster "
+                   "runs up to two fetch tasks per worker thread at once: one host sees at most this many times that")
     g.add_argument("--defer-after", type=float, default=_F.defer_after,
                    help="most seconds a chunk waits for its slowest URLs before it is written without them; they "
                    f"are fetched again on their own and written in later (0: wait for all; default {_F.defer_after:g})")
