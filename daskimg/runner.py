@@ -278,7 +278,7 @@ def stream_chunks(
     inflight: dict[Key, _Chunk] = {}  # write key -> chunk
     side: dict[Key, tuple[str, int]] = {}  # refetch / compact key -> (what, chunk or group)
     running = as_completed(with_results=True, raise_errors=False)
-    compacting = {g for g in output.groups_to_compact(done)}
+    compacting = set(output.groups_to_compact(done))
     for g in compacting:
         _add(running, side, graph.compact(g), "compact", g)
     exhausted = False
