@@ -71,7 +71,6 @@ class Block:
     path: str = ""
     start: int = 0
     length: int | None = None
-    header: bytes = b""  # csv / tsv: the file's header line, given to every block of the file
     first: bool = True  # the block starts the file (csv / tsv: its first line is the header)
     dtypes: tuple[tuple[str, str], ...] = ()  # csv / tsv: column types, from the first file's head
     data: pd.DataFrame | None = None  # memory: the rows themselves
@@ -84,7 +83,7 @@ Piece = tuple[Block, int, int, int]  # a block, the rows counted in it, and a ra
 class Source:
     """A URL table as blocks; once counted, ``offsets[b]`` is the number of block ``b``'s first row.
 
-    What the client holds grows with the number of blocks (one per 16 MiB of text, parquet
+    What the client holds grows with the number of blocks (one per 8 MiB of text, parquet
     row group or ``.gz`` file), never with the number of rows.
     """
 
@@ -153,12 +152,12 @@ class Source:
         assert self.offsets is not None
         offsets = self.offsets
         b = int(np.searchsorted(offsets, start, side="right")) - 1
-        pieces = []
+        spans = []
         while start < stop:
             end = min(stop, int(offsets[b + 1]))
-            pieces.append((b, start - int(offsets[b]), end - int(offsets[b])))
+            spans.append((b, start - int(offsets[b]), end - int(offsets[b])))
             start, b = end, b + 1
-        return pieces
+        return spans
 
 
 def _format_of(path: str) -> str:
@@ -175,8 +174,9 @@ def _expand(path: str) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]
         fs, _, paths = fsspec.get_fs_token_paths(path)
         files: dict[str, int] = {}
         for p in sorted(paths):
-            info = fs.info(p) if fs.exists(p) else None
-            if info is None:
+            try:
+                info = fs.info(p)
+            except FileNotFoundError:
                 continue
             if info["type"] == "directory":
                 for f, entry in sorted(fs.find(p, detail=True).items()):
@@ -196,12 +196,11 @@ def _text_blocks(fs: fsspec.AbstractFileSystem, files: list[tuple[str, int]], fm
     blocks = []
     for path, size in files:
         url = fs.unstrip_protocol(path)
-        header = _first_line(fs, path) if fmt in ("csv", "tsv") else b""
         if path.endswith(".gz"):
-            blocks.append(Block(fmt, url, 0, None, header, True, dtypes))  # type: ignore[arg-type]
+            blocks.append(Block(fmt, url, 0, None, True, dtypes))  # type: ignore[arg-type]
             continue
         for start in range(0, max(size, 1), BLOCKSIZE):
-            blocks.append(Block(fmt, url, start, BLOCKSIZE, header, start == 0, dtypes))  # type: ignore[arg-type]
+            blocks.append(Block(fmt, url, start, BLOCKSIZE, start == 0, dtypes))  # type: ignore[arg-type]
     return blocks
 
 
@@ -271,11 +270,12 @@ def plan_source(
                  else pd.DataFrame({url_col: list(table)}))
         columns = list(frame.columns)
         name = "pandas DataFrame" if isinstance(table, pd.DataFrame) else "list of URLs"
-        blocks = [Block("memory", data=frame.iloc[i : i + MEMORY_BLOCK_ROWS])
-                  for i in range(0, len(frame), MEMORY_BLOCK_ROWS)]
-        source = Source(name, url_col, tuple(blocks))
-        if not blocks:
+        if frame.empty:
             raise InputError(f"{name} holds no rows")
+        starts = range(0, len(frame), MEMORY_BLOCK_ROWS)
+        slices = tuple(Block("memory", data=frame.iloc[i : i + MEMORY_BLOCK_ROWS]) for i in starts)
+        offsets = np.array([*starts, len(frame)], dtype=np.int64)  # counted already: the rows are here
+        source = Source(name, url_col, slices, offsets)
     if url_col not in columns:
         raise InputError(f"no column {url_col!r} in {source.name} (columns: {', '.join(map(str, columns))}); "
                          "choose one with url_col / --url-col")
@@ -288,7 +288,7 @@ def _is_dask_frame(table: object) -> bool:
 
 
 def count_block(block: Block) -> list[tuple[Block, int]]:
-    """The rows of ``block``: itself and its count, or for a parquet file each row group and its count."""
+    """The rows of a file's block: itself and its count, or for a parquet file each row group and its count."""
     if block.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -296,9 +296,6 @@ def count_block(block: Block) -> list[tuple[Block, int]]:
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         return [(dataclasses.replace(block, start=g), meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
-    if block.kind == "memory":
-        assert block.data is not None
-        return [(block, len(block.data))]
     data = _block_bytes(block)
     if block.kind == "jsonl":
         return [(block, sum(1 for line in data.split(b"\n") if line.strip()))]  # as pandas, blank lines are no rows
@@ -317,11 +314,8 @@ def _block_bytes(block: Block) -> bytes:
 
 
 def read_block(block: Block, url_col: str) -> pd.DataFrame | pa.Table:
-    """The rows of ``block``: a DataFrame with a 0-based index, or an Arrow table (parquet); a text row
-    that is not UTF-8 stays a row."""
-    if block.kind == "memory":
-        assert block.data is not None
-        return block.data.reset_index(drop=True)
+    """The rows of a file's block: a DataFrame with a 0-based index, or an Arrow table (parquet); a text
+    row that is not UTF-8 stays a row."""
     if block.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -329,6 +323,9 @@ def read_block(block: Block, url_col: str) -> pd.DataFrame | pa.Table:
         with fs.open(path, "rb") as f:
             return pq.ParquetFile(f).read_row_group(block.start)  # Arrow: compact while cached
     data = _block_bytes(block)
+    if block.kind in ("csv", "tsv") and not block.first:  # the file's header line names the columns
+        fs, path = fsspec.core.url_to_fs(block.path)
+        data = _first_line(fs, path) + data
     if block.kind == "txt":
         lines = data.decode("utf-8", errors="replace").split("\n")
         if lines and lines[-1] == "":
@@ -339,7 +336,7 @@ def read_block(block: Block, url_col: str) -> pd.DataFrame | pa.Table:
             return pd.DataFrame({url_col: []}, dtype=object)
         frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False, encoding_errors="replace")
     else:
-        frame = _parse_csv(data if block.first else block.header + data, block.kind, block.dtypes, url_col)
+        frame = _parse_csv(data, block.kind, block.dtypes, url_col)
     return frame
 
 
