@@ -200,6 +200,7 @@ class Job:
             outcome = stream_chunks(
                 c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
                 preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,
+                listing=listing,
             )
             bar.draw(final=True)
             stop.check()

@@ -58,7 +58,7 @@ from .fetch import DEFERRED
 from .refetch import refetch_deferred
 from .report import Progress
 from .sources import Block, Source, read_rows
-from .store import ChunkReport, Output
+from .store import ChunkReport, Listing, Output
 
 __all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]
 
@@ -129,7 +129,7 @@ class Window:
         return self._size
 
 
-def _poll(running: as_completed, stop: Stop | None) -> list[tuple[Future[Any], Any]]:
+def _poll(running: as_completed) -> list[tuple[Future[Any], Any]]:
     """What completed since the last look; sleeps a little when nothing did."""
     batch: list[tuple[Future[Any], Any]] = running.next_batch(block=False)
     if not batch:
@@ -148,7 +148,7 @@ def count_rows(client: Client, source: Source, stop: Stop) -> Source:
         pending = iter(enumerate(blocks))
         keys: dict[Key, int] = {}
         running = as_completed(with_results=True, raise_errors=False)
-        with _cancelling(client) as held:  # count tasks have no dependents: cancelling them is safe
+        try:
             while True:
                 while running.count() < window.size():
                     i, block = next(pending, (-1, None))
@@ -156,36 +156,40 @@ def count_rows(client: Client, source: Source, stop: Stop) -> Source:
                         break
                     future = client.submit(fn, block, pure=False, key=f"count-{token}-{i}")
                     keys[future.key] = i
-                    held.append(future)
                     running.add(future)
                 if running.is_empty():
                     return results
-                for future, result in _poll(running, stop):
+                for future, result in _poll(running):
                     if future.status == "error":
                         raise result[1]
                     results[keys[future.key]] = result
-                    held.remove(future)
                 stop.check()
+        finally:
+            _cancel(client, list(running.futures))  # count tasks have no dependents
 
     return source.count(mapper)
 
 
-@contextlib.contextmanager
-def _cancelling(client: Client) -> Iterator[list[Future[Any]]]:
-    """A list of futures that are cancelled if the block is left early."""
-    held: list[Future[Any]] = []
-    try:
-        yield held
-    finally:
-        if held:
-            client.cancel(held)
-
-
 @dataclass
 class _Chunk:
+    """A chunk in flight: its write, and its fetch until that is done (then its bytes are in, and a
+    stop lets the chunk be written). The fetch is let go of as soon as it is done, so that the
+    bodies are freed once preprocessed, as if the client had never held them."""
+
     k: int
-    fetch: Future[Any]  # done: the chunk's bytes are in, a stop lets it be written
     write: Future[Any]
+    fetch: Future[Any] | None
+
+    def __post_init__(self) -> None:
+        assert self.fetch is not None
+        self.fetch.add_done_callback(self._fetched)
+
+    def _fetched(self, future: Future[Any]) -> None:  # on the client's event loop thread
+        self.fetch = None
+
+    @property
+    def fetching(self) -> bool:
+        return self.fetch is not None
 
 
 @dataclass
@@ -244,7 +248,7 @@ class _Graph:
         keys = [self._add(k, dsk) for k in chunks]
         wanted = [key for pair in keys for key in pair]
         futures = dict(zip(wanted, self.client.get(dsk, wanted, sync=False), strict=True))
-        return [_Chunk(k, futures[fetch], futures[write]) for k, (fetch, write) in zip(chunks, keys, strict=True)]
+        return [_Chunk(k, futures[write], futures[fetch]) for k, (fetch, write) in zip(chunks, keys, strict=True)]
 
     def refetch(self, k: int) -> Future[Any]:
         return self.client.submit(refetch_deferred, self.output, k, self.fetch_options, self.preprocess_options,
@@ -268,9 +272,10 @@ def stream_chunks(
     stop: Stop,
     window: Window | None = None,
     only: np.ndarray | None = None,
+    listing: Listing | None = None,
 ) -> Outcome:
     """Fetch, preprocess and write every chunk not ``done`` (a bool per chunk, updated here), or of those
-    the ones ``only`` marks; see the module."""
+    the ones ``only`` marks; ``listing`` is the output's, if the caller has it. See the module."""
     graph = _Graph(client, source, chunk, output, fetch, preprocess, token)
     window = window or Window(client)
     todo: Iterator[int] = (int(k) for k in np.flatnonzero(~done if only is None else ~done & only))
@@ -278,7 +283,7 @@ def stream_chunks(
     inflight: dict[Key, _Chunk] = {}  # write key -> chunk
     side: dict[Key, tuple[str, int]] = {}  # refetch / compact key -> (what, chunk or group)
     running = as_completed(with_results=True, raise_errors=False)
-    compacting = set(output.groups_to_compact(done))
+    compacting = set(output.groups_to_compact(done, listing))
     for g in compacting:
         _add(running, side, graph.compact(g), "compact", g)
     exhausted = False
@@ -290,8 +295,10 @@ def stream_chunks(
                 break
             if stop.requested and finishing_until is None:
                 finishing_until = time.monotonic() + GRACE
-                still_fetching = [key for key, c in inflight.items() if not c.fetch.done()]
+                still_fetching = [key for key, c in inflight.items() if c.fetching]
                 refetching = [f for f in running.futures if side.get(f.key, ("",))[0] == "refetch"]
+                for f in refetching:
+                    del side[f.key]  # their chunks stay undone: the next run redoes them
                 _cancel(client, [inflight.pop(key).write for key in still_fetching] + refetching)
                 bar.finishing(len(inflight))
             if finishing_until is not None:
@@ -306,7 +313,7 @@ def stream_chunks(
                     running.add(c.write)
             if running.is_empty():
                 break
-            for future, result in _poll(running, stop):
+            for future, result in _poll(running):
                 key = future.key
                 if key in side:
                     what, n = side.pop(key)
@@ -351,7 +358,8 @@ def _add(running: as_completed, side: dict[Key, tuple[str, int]], future: Future
 
 def _chunk_result(future: Future[Any], result: Any, k: int, outcome: Outcome, bar: Progress, done: np.ndarray,
                   *, refetch: bool = False) -> ChunkReport | None:
-    """Count a finished write or refetch; a failed one is listed, a cancelled one forgotten.
+    """Count a finished write or refetch; a failed one is listed, and so is one cancelled from elsewhere
+    (the run's own cancellations are no longer in flight when they come back).
 
     A refetch fetches without deferring, so the chunk is done after it; a write is done
     unless rows of it were deferred.
@@ -360,7 +368,8 @@ def _chunk_result(future: Future[Any], result: Any, k: int, outcome: Outcome, ba
         error = result[1]
         outcome.failed[k] = f"{type(error).__name__}: {error}"
         return None
-    if not isinstance(result, ChunkReport):  # cancelled
+    if not isinstance(result, ChunkReport):  # cancelled: the chunk is not written
+        outcome.failed[k] = f"{type(result).__name__}: cancelled"
         return None
     outcome.processed += result.rows
     bar.update(result.rows, result.counts)

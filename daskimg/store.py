@@ -142,7 +142,8 @@ class Output:
     def listing(self) -> Listing:
         """The metadata files and done markers, from one listing of each folder."""
         fs, root = self._fs
-        groups, parts, markers = [], {}, []
+        groups: list[tuple[int, int, str]] = []
+        parts: dict[int, str] = {}
         try:
             names = fs.ls(f"{root}/metadata", detail=False, refresh=True)
         except FileNotFoundError:
