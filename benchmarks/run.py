@@ -36,10 +36,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from daskimg.config import PreprocessOptions
-from daskimg.decode import decode
 from daskimg.demo import IMAGES, DemoServer
-from daskimg.transform import fit, to_array
+from daskimg.image import decode, fit, to_array
+from daskimg.options import PreprocessOptions
 
 LONGEST_SIDES = [256, 320, 400, 500, 640, 640, 800, 800, 1024, 1280]
 

@@ -6,8 +6,9 @@
 >>> summary = job.to_zarr("out.zarr")                                   # doctest: +SKIP
 >>> images, meta = daskimg.open("out.zarr")                             # doctest: +SKIP
 
-The names below are imported on first use: ``import daskimg.batch`` in a worker, or
-``python -m daskimg.run --help``, does not pay for Dask DataFrame and zarr.
+The names below are imported on first use: ``python -m daskimg --help`` does not pay for
+Dask and zarr. ``import daskimg`` changes nothing in the process: no thread count, warning
+filter, multiprocessing setting, environment variable or file.
 """
 
 from __future__ import annotations
@@ -18,24 +19,26 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .config import FetchOptions, PreprocessOptions
+    from ._types import Status
     from .errors import ConfigError, DaskimgError, InputError, OutputError
-    from .pipeline import Job, read_urls
+    from .job import Job, read_urls
+    from .options import FetchOptions, PreprocessOptions
+    from .output import open_output as open
     from .report import Summary
-    from .store import open_output as open
 
 # public name -> (module, attribute)
 _LAZY = {
     "ConfigError": ("errors", "ConfigError"),
     "DaskimgError": ("errors", "DaskimgError"),
-    "FetchOptions": ("config", "FetchOptions"),
+    "FetchOptions": ("options", "FetchOptions"),
     "InputError": ("errors", "InputError"),
-    "Job": ("pipeline", "Job"),
+    "Job": ("job", "Job"),
     "OutputError": ("errors", "OutputError"),
-    "PreprocessOptions": ("config", "PreprocessOptions"),
+    "PreprocessOptions": ("options", "PreprocessOptions"),
+    "Status": ("_types", "Status"),
     "Summary": ("report", "Summary"),
-    "open": ("store", "open_output"),
-    "read_urls": ("pipeline", "read_urls"),
+    "open": ("output", "open_output"),
+    "read_urls": ("job", "read_urls"),
 }
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "Job",
     "OutputError",
     "PreprocessOptions",
+    "Status",
     "Summary",
     "__version__",
     "open",

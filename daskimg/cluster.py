@@ -1,28 +1,90 @@
-"""Start a local Dask cluster for one run, or attach to an existing one."""
+"""Attach to a Dask cluster, or start a local one for a run; and what tasks ask of the worker they run on.
+
+A run uses the client it is given, else a client to the scheduler it is given, else the
+active client, else a ``LocalCluster`` that it starts and closes. daskimg changes nothing on a
+cluster it did not start. The clusters it starts are Dask's own (Dask's start method, profiler
+and environment) with :class:`WorkerTuning` registered, whose settings are Dask config keys:
+
+``daskimg.worker.opencv-threads`` (default 1)
+    OpenCV's threads per worker process. A worker already runs one image per thread; OpenCV's
+    own pool on top of that would oversubscribe the cores. ``null`` leaves OpenCV's default.
+``daskimg.worker.ignore-stop-signals`` (default true)
+    Workers ignore SIGINT and SIGTERM. Ctrl-C in a terminal, and a batch scheduler's SIGTERM
+    (Slurm), reach the whole process group; only the client should act on them, by finishing
+    the chunks it can, then closing the cluster (the nanny stops its workers through a queue,
+    and with SIGKILL if that fails).
+
+The same plugin can be registered on a cluster of your own:
+``client.register_plugin(daskimg.cluster.WorkerTuning())``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import signal
+import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster, get_worker, rejoin, secede
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
 
-from . import dashboard, forkserver, pages
+from ._compat import usable_cpus
 from .errors import ConfigError
 
-__all__ = ["default_workers", "lost_a_worker", "only_waiting", "run_client"]
+__all__ = ["WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
+           "run_client", "stalled_fetch"]
 
 
 def default_workers() -> int:
     """One worker process per core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
+
+
+class _FromConfig:
+    """The default of an argument that may also be None: read it from Dask's config."""
+
+
+_FROM_CONFIG = _FromConfig()
+
+
+class WorkerTuning(WorkerPlugin):
+    """Per-worker settings for image work; registered on the clusters daskimg starts (see the module).
+
+    Parameters
+    ----------
+    opencv_threads
+        ``cv2.setNumThreads`` in each worker; None leaves OpenCV's default. By default the
+        ``daskimg.worker.opencv-threads`` config key (1).
+    ignore_stop_signals
+        Workers ignore SIGINT and SIGTERM; by default the ``daskimg.worker.ignore-stop-signals``
+        config key (true).
+
+    Also, malformed EXIF is common in scraped images: daskimg keeps such an image, unrotated,
+    so the worker ignores the ``UserWarning`` Pillow's EXIF reader emits for each one.
+    """
+
+    name = "daskimg-worker-tuning"
+
+    def __init__(self, opencv_threads: int | _FromConfig | None = _FROM_CONFIG,
+                 ignore_stop_signals: bool | None = None) -> None:
+        self.opencv_threads: int | None = (dask.config.get("daskimg.worker.opencv-threads", 1)
+                                           if isinstance(opencv_threads, _FromConfig) else opencv_threads)
+        self.ignore_stop_signals = (bool(dask.config.get("daskimg.worker.ignore-stop-signals", True))
+                                    if ignore_stop_signals is None else ignore_stop_signals)
+
+    def setup(self, worker: Any) -> None:
+        if self.opencv_threads is not None:
+            import cv2
+
+            cv2.setNumThreads(int(self.opencv_threads))
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
@@ -39,10 +101,7 @@ def run_client(
     Order of choice: ``client`` if given; a new client to ``scheduler`` if given; the
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
-    decodes), started here and closed on exit. That cluster's dashboard is set up on its
-    first visit (see :mod:`daskimg.dashboard`); after a run that ended normally, what the
-    processes loaded is recorded for the next cold start, when a record is due (see
-    :mod:`daskimg.pages`).
+    decodes) with :class:`WorkerTuning`, started here and closed on exit.
     """
     if client is not None:
         yield client
@@ -62,35 +121,66 @@ def run_client(
     if current is not None:  # (a ValueError raised in the caller's block must not land in the except above)
         yield current
         return
-    forkserver.start()
-    # The settings stay in effect while the cluster lives: a worker the nanny restarts is forked too.
-    with dask.config.set(_local_worker_config()):
-        with forkserver.ignoring_stop_signals():
+    tuning = WorkerTuning()
+    with _environ_kept(), dask.config.set(_local_cluster_config()):
+        # Workers started now inherit the ignored signals before they could act on one; a worker the
+        # nanny restarts later ignores them from the plugin's setup on.
+        with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
             cluster = LocalCluster(
                 n_workers=workers or default_workers(),
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 dashboard_address=dashboard_address,
-                scheduler_kwargs={"dashboard": False},  # set up on the first visit, off the way to the first task
                 silence_logs=logging.ERROR,
             )
         with cluster, Client(cluster) as local:
-            if dashboard_address is not None:
-                local.run_on_scheduler(dashboard.build_on_first_visit)
+            local.register_plugin(tuning)
             yield local
-            _remember_pages(local)
 
 
-def _remember_pages(client: Client) -> None:
-    """What the client, the workers and the fork server loaded, for the next cold start (when due)."""
-    if not pages.wanted():
-        return
+def _local_cluster_config() -> dict[str, object]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` for a cluster daskimg starts, less what the caller set.
+
+    Those variables must be in a worker's environment as its C libraries start
+    (``MALLOC_TRIM_THRESHOLD_``, ``OMP_NUM_THREADS`` ...). A variable the caller has set
+    in this process's environment is left out, so that the workers inherit the caller's value.
+    """
+    configured = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    return {"distributed.nanny.pre-spawn-environ": {k: v for k, v in configured.items() if k not in os.environ}}
+
+
+@contextlib.contextmanager
+def _environ_kept() -> Iterator[None]:
+    """This process's environment as it was, once the block (a local cluster's life) is over.
+
+    A local cluster's nannies run in this process, and set the variables their workers
+    should start with in its environment (Dask's pre-spawn environment, ``PYTHONHASHSEED``
+    ...). Each variable set or changed during the block is put back.
+    """
+    before = dict(os.environ)
     try:
-        records = [pages.record(), *client.run(pages.record).values()]
-    except Exception as e:  # only a hint for the next start: never fail a finished run for it
-        logging.getLogger(__name__).debug("could not record the pages this run used: %s", e)
+        yield
+    finally:
+        for key, value in list(os.environ.items()):
+            if before.get(key) != value:
+                if key in before:
+                    os.environ[key] = before[key]
+                else:
+                    del os.environ[key]
+
+
+@contextlib.contextmanager
+def ignoring_stop_signals() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM in this process meanwhile, so that processes started here inherit that."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    pages.save(records, unordered=[pages.touched(pid) for pid in forkserver.pids()])
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def lost_a_worker() -> bool:
@@ -136,22 +226,18 @@ def _suspicious(key: object, dask_scheduler: Any = None) -> int:
     return int(task.suspicious) if task is not None else 0
 
 
-def _local_worker_config() -> dict[str, object]:
-    """Dask settings for the clusters daskimg starts, set while such a cluster lives (a run waits on it meanwhile).
+_STALLED = threading.BoundedSemaphore(2)
 
-    * Workers are forked from daskimg's fork server (see :mod:`daskimg.forkserver`).
-    * The statistical profiler samples every thread 100 times a second: a few percent of
-      the CPU that decoding needs.
-    * Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also switches off
-      glibc's adaptive mmap threshold: every buffer over 128 KiB (each decoded image) is then
-      a fresh mmap, page-faulted in and unmapped again, about 150 page faults and 0.35 ms of
-      CPU an image. Without it glibc reuses those buffers; memory stays bounded by the
-      images in flight.
-    """
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return {
-        "distributed.worker.multiprocessing-method": forkserver.METHOD,
-        "distributed.worker.profile.enabled": False,
-        "distributed.nanny.pre-spawn-environ": environ,
-    }
+
+@contextlib.contextmanager
+def stalled_fetch() -> Iterator[None]:
+    """Where a fetch task waits for its chunk's slowest URLs: out of the worker's thread pool, unless two
+    stalled fetches of this process already are (each holds its chunk's bodies)."""
+    if not _STALLED.acquire(blocking=False):
+        yield
+        return
+    try:
+        with only_waiting():
+            yield
+    finally:
+        _STALLED.release()

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .fetch import DEFERRED
+from ._types import Status
 
 __all__ = ["Progress", "Summary"]
 
@@ -28,7 +28,7 @@ class Summary:
 
     @property
     def ok(self) -> int:
-        return self.counts.get("ok", 0)
+        return self.counts.get(Status.OK, 0)
 
     @property
     def complete(self) -> bool:
@@ -40,8 +40,8 @@ class Summary:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
-        failed = sum(n for s, n in self.counts.items() if s != "ok")
-        kinds = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items()) if s != "ok")
+        failed = sum(n for s, n in self.counts.items() if s != Status.OK)
+        kinds = ", ".join(f"{s} {n}" for s, n in sorted(self.counts.items()) if s != Status.OK)
         lines = [
             f"daskimg: {self.rows} rows -> {self.output}",
             f"  ok {self.ok}, failed {failed}" + (f" ({kinds})" if failed else ""),
@@ -92,7 +92,7 @@ class Progress:
         eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "--:--:--"
         width = 24
         filled = int(width * self.done / self.total) if self.total else width
-        ok, later = self.counts.get("ok", 0), self.counts.get(DEFERRED, 0)
+        ok, later = self.counts.get(Status.OK, 0), self.counts.get(Status.DEFERRED, 0)
         return (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
                 f"{rate:6.1f} img/s  ok {ok} failed {self.done - ok - later}"
                 + (f" refetching {later}" if later else "")

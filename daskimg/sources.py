@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .config import INPUT_FORMATS
 from .errors import InputError
+from .options import INPUT_FORMATS
 
 __all__ = ["BLOCKSIZE", "Block", "Piece", "Source", "count_block", "plan_source", "read_block", "read_rows"]
 

@@ -23,15 +23,6 @@ def photo(name: str = "coffee.jpg") -> Image.Image:
     return Image.open(IMAGES / name).convert("RGB")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Runs record the pages they used in the cache folder (daskimg.pages): a temporary one, not the user's."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="session")
 def images() -> dict[str, bytes]:
     """Real photos in every default format, at sizes that exercise every resize path."""

@@ -55,7 +55,7 @@ def test_the_console_script_is_installed() -> None:
 
 def test_help_documents_every_option() -> None:
     text = cli("--help").stdout
-    for option in ["--url-col", "--size", "--mode", "--dtype", "--channels-first", "--timeout", "--deadline",
+    for option in ["--url-col", "--size", "--resize-mode", "--dtype", "--channels-first", "--timeout", "--deadline",
                    "--max-bytes", "--retries", "--allow-private-network", "--format", "--chunk", "--overwrite",
                    "--scheduler", "--workers", "--demo"]:
         assert option in text
@@ -76,7 +76,7 @@ def urls_csv(tmp_path: Path) -> Path:
         (["urls.csv", "out.zarr", "--url-col", "link", "--size", "0"], "height must be a positive integer"),
         (["urls.csv", "out.zarr", "--url-col", "link", "--size", "-3"], "height must be a positive integer"),
         (["urls.csv"], "expected INPUT and OUTPUT"),
-        (["urls.csv", "out.zarr", "--mode", "squash"], "invalid choice"),
+        (["urls.csv", "out.zarr", "--resize-mode", "squash"], "invalid choice"),
         (["urls.csv", "out.zarr", "--url-col", "link", "--chunk", "0"], "--chunk must be >= 1"),
         (["urls.csv", "out.zarr", "--url-col", "link", "--timeout", "-1"], "timeout must be > 0"),
     ],

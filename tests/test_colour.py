@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from daskimg.colour import srgb_converter
+from daskimg.image import srgb_converter
 
 from .test_decode_transform import run
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import sys
 
 import numpy as np
 import pytest
@@ -13,11 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from daskimg import libwebp
-from daskimg.colour import srgb_converter
-from daskimg.config import PreprocessOptions
-from daskimg.decode import DecodeError, decode
-from daskimg.transform import fit, to_array
+from daskimg.image import DecodeError, decode, fit, srgb_converter, to_array
+from daskimg.options import PreprocessOptions
 
 from .conftest import photo
 
@@ -139,27 +135,6 @@ def test_jpeg_is_decoded_at_a_reduced_scale_when_smaller_is_enough() -> None:
     assert decoded.pixels.shape[1] < 1600  # reduced DCT scale: fewer pixels decoded
     assert min(decoded.pixels.shape[:2]) >= 64
     assert (decoded.width, decoded.height) == (1600, 1200)  # metadata keeps the original size
-
-
-@pytest.mark.skipif(not libwebp.AVAILABLE, reason="no libwebp 1.3.2+ found")
-def test_webp_centre_crops_are_decoded_reduced_and_on_whole_boxes() -> None:
-    data = encode(photo("coffee.jpg").resize((1600, 1200)), "WEBP", quality=90)
-    decoded = decode(data, PreprocessOptions(width=64, height=64))
-    assert decoded.pixels.shape == (66, 66, 3)  # the centred 1200 x 1200, reduced 18 x (1200 = 66 x 18 + 12)
-    assert (decoded.width, decoded.height) == (1600, 1200)
-    full = Image.open(io.BytesIO(data)).convert("RGB")
-    boxes = np.asarray(full.crop((206, 6, 206 + 66 * 18, 6 + 66 * 18)).reduce(18))  # the 12 left out: 6 each side
-    assert mean_abs(decoded.pixels, boxes) < 1.0
-    assert decode(data, PreprocessOptions(width=64, height=64, mode="pad")).pixels.shape == (1200, 1600, 3)
-
-
-@given(start=st.integers(0, 999), size=st.integers(1, 2000), factor=st.integers(2, 40))
-def test_webp_boxes_start_on_an_even_pixel_whenever_there_is_room(start: int, size: int, factor: int) -> None:
-    first, count = libwebp._boxes(start, size, factor)
-    assert count == size // factor
-    assert start <= first <= start + size - count * factor  # inside the region: only left-out pixels move
-    assert first % 2 == 0 or size % factor == 0
-    assert abs(first - (start + (size % factor) / 2)) <= 1  # next to the centred place
 
 
 def _rgb_mean(img: Image.Image, **options: object) -> np.ndarray:
@@ -301,23 +276,17 @@ def _variants() -> dict[str, bytes]:
 @pytest.mark.parametrize("name", list(_variants()))
 @pytest.mark.parametrize("mode", ["center_crop", "pad"])
 def test_fast_decoders_agree_with_pillow(name: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import daskimg.decode
+    import daskimg.image._decode
 
     data = _variants()[name]
     fast = run(data, width=96, height=80, mode=mode)
-    monkeypatch.setattr(daskimg.decode, "simplejpeg", None)
-    monkeypatch.setattr(daskimg.decode, "pyspng", None)
-    monkeypatch.setattr(daskimg.decode, "ImageDecoder", None)
-    monkeypatch.setattr(libwebp, "_LIB", None)  # WebP whole, at full size (through OpenCV)
+    monkeypatch.setattr(daskimg.image._decode, "_fast_pixels", lambda *args: None)  # Pillow decodes every file
     pillow = run(data, width=96, height=80, mode=mode)
     assert fast.shape == pillow.shape == (80, 96, 3)
     assert mean_abs(fast, pillow) < 3.0
 
 
 def test_fast_decoders_are_used_when_installed() -> None:
-    import daskimg.decode
+    import daskimg.image._decode
 
-    assert daskimg.decode.simplejpeg is not None
-    assert daskimg.decode.pyspng is not None
-    assert daskimg.decode.ImageDecoder is not None  # Wuffs, for 8-bit PNG
-    assert libwebp.AVAILABLE or sys.platform != "linux"  # libwebp's scaled decoding, found through Pillow
+    assert daskimg.image._decode.ImageDecoder is not None  # Wuffs, for 8-bit PNG: the [fast] extra the tests install

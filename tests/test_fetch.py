@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from daskimg.config import FetchOptions
 from daskimg.fetch import fetch_batch, fetch_one
+from daskimg.options import FetchOptions
 
 from .server import FaultServer
 
@@ -156,9 +156,9 @@ def test_failed_responses_give_their_connection_back(server: FaultServer) -> Non
 
 
 def test_a_batch_that_fails_leaves_nothing_for_the_next(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    import daskimg.fetch
+    import daskimg.fetch._transfer
 
-    real = daskimg.fetch._Fetcher._finish
+    real = daskimg.fetch._transfer._Fetcher._finish
     calls = iter(range(1000))
 
     def failing_once(self, c, t, errno, message):  # type: ignore[no-untyped-def]
@@ -166,7 +166,7 @@ def test_a_batch_that_fails_leaves_nothing_for_the_next(server: FaultServer, mon
             raise RuntimeError("a bug while a batch is in flight")
         return real(self, c, t, errno, message)
 
-    monkeypatch.setattr(daskimg.fetch._Fetcher, "_finish", failing_once)
+    monkeypatch.setattr(daskimg.fetch._transfer._Fetcher, "_finish", failing_once)
     urls = [server.url(f"/delay/photo.jpg?ms=100&leftover={i}") for i in range(8)]
     with pytest.raises(RuntimeError):
         fetch_batch(urls, LOCAL)

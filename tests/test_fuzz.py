@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daskimg import isolate
-from daskimg.batch import FetchedPartition, preprocess_partition
-from daskimg.config import PreprocessOptions
+from daskimg import _isolate as isolate
+from daskimg._stages import FetchedPartition, preprocess_partition
 from daskimg.fetch import FetchResult
+from daskimg.options import PreprocessOptions
 
 pytestmark = pytest.mark.skipif(not isolate.AVAILABLE, reason="needs os.fork")
 

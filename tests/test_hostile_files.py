@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daskimg.config import PreprocessOptions
-from daskimg.decode import DecodeError, decode
-from daskimg.transform import fit, to_array
+from daskimg.image import DecodeError, decode, fit, to_array
+from daskimg.options import PreprocessOptions
 
 from .conftest import photo
 
@@ -54,8 +53,8 @@ def test_malformed_exif_makes_no_noise_in_the_logs() -> None:
     code = (
         "import io, sys\n"
         "from tests.conftest import photo\n"
-        "from daskimg.decode import decode\n"
-        "from daskimg.config import PreprocessOptions\n"
+        "from daskimg.image import decode\n"
+        "from daskimg.options import PreprocessOptions\n"
         "buf = io.BytesIO()\n"
         "photo('cat.jpg').save(buf, 'JPEG', exif=b'Exif\\x00\\x00MM\\x00*\\x00\\x00\\x00\\x08\\x00\\x05"
         "\\x01\\x12\\x00\\x03garbage')\n"

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from daskimg.config import FetchOptions, PreprocessOptions
-from daskimg.decode import DecodeError, decode
 from daskimg.fetch import fetch_batch, fetch_one
+from daskimg.image import DecodeError, decode
+from daskimg.options import FetchOptions, PreprocessOptions
 
 from .server import FaultServer, gzip_bomb
 

@@ -13,11 +13,11 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 import daskimg
-import daskimg.batch
-from daskimg import isolate
-from daskimg.batch import FetchedPartition, preprocess_partition
-from daskimg.config import PreprocessOptions
+import daskimg._stages
+from daskimg import _isolate as isolate
+from daskimg._stages import FetchedPartition, preprocess_partition
 from daskimg.fetch import FetchResult
+from daskimg.options import PreprocessOptions
 
 from .server import FaultServer
 
@@ -32,7 +32,7 @@ def _partition(bodies: list[bytes]) -> FetchedPartition:
 
 
 def _hostile_decoder(monkeypatch: pytest.MonkeyPatch, on: bytes, act: str) -> None:
-    real = daskimg.batch.decode
+    real = daskimg._stages.decode
 
     def decode(data: bytes, opts: PreprocessOptions) -> object:
         if data.startswith(on):
@@ -46,7 +46,7 @@ def _hostile_decoder(monkeypatch: pytest.MonkeyPatch, on: bytes, act: str) -> No
                 time.sleep(30)
         return real(data, opts)
 
-    monkeypatch.setattr(daskimg.batch, "decode", decode)
+    monkeypatch.setattr(daskimg._stages, "decode", decode)
 
 
 @pytest.mark.parametrize("act", ["segfault", "memory", "hang"])
@@ -82,11 +82,11 @@ class _HostileBmpDecoder(WorkerPlugin):
 
         import numpy as np
 
-        import daskimg.batch
-        import daskimg.isolate
+        import daskimg._isolate
+        import daskimg._stages
 
-        real, act = daskimg.batch.decode, self.act
-        daskimg.isolate.MEMORY_HEADROOM = 512 << 20  # the isolated retry hits its limit fast
+        real, act = daskimg._stages.decode, self.act
+        daskimg._isolate.MEMORY_HEADROOM = 512 << 20  # the isolated retry hits its limit fast
 
         def decode(data: bytes, opts: object) -> object:
             if data.startswith(b"BM"):
@@ -97,7 +97,7 @@ class _HostileBmpDecoder(WorkerPlugin):
                     hoard.append(np.ones(32 << 20, np.uint8))
             return real(data, opts)  # type: ignore[arg-type]
 
-        daskimg.batch.decode = decode
+        daskimg._stages.decode = decode
 
 
 @pytest.mark.cluster

@@ -12,9 +12,9 @@ from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 import daskimg
+import daskimg.output._store
 import daskimg.sources
-import daskimg.store
-from daskimg.runner import Window
+from daskimg._runner import Window
 
 from .server import FaultServer
 
@@ -54,7 +54,7 @@ def test_the_scheduler_holds_a_window_of_chunks_and_nothing_per_row(
     window's tasks, every task is per chunk, a chunk's first task depends on none (so any worker
     with a free thread takes it), and the output is whole and in order."""
     monkeypatch.setattr(daskimg.sources, "BLOCKSIZE", 2048)
-    monkeypatch.setattr(daskimg.store, "GROUP_ROWS", 16)  # 4 chunks a metadata file
+    monkeypatch.setattr(daskimg.output._store, "GROUP_ROWS", 16)  # 4 chunks a metadata file
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(server.url(f"/img/photo.gif?window={i}\n") for i in range(600)))
     assert len(daskimg.read_urls(str(urls)).source.blocks) > 10
@@ -93,7 +93,7 @@ def test_the_scheduler_holds_a_window_of_chunks_and_nothing_per_row(
 def test_a_compaction_stopped_before_it_deleted_its_parts_counts_each_row_once(
     tmp_path: Path, server: FaultServer, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daskimg.store, "GROUP_ROWS", 8)
+    monkeypatch.setattr(daskimg.output._store, "GROUP_ROWS", 8)
     urls = [server.url(f"/img/photo.gif?stale={i}") for i in range(16)]
     job = daskimg.read_urls(urls, chunk=4).fetch(allow_private_network=True).preprocess(size=16)
     out = tmp_path / "out.zarr"

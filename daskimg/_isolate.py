@@ -6,14 +6,15 @@ held; Dask then retries the chunk elsewhere, and after a few deaths gives up on 
 (``KilledWorker``). So a chunk whose task already lost a worker is redone here, one image per
 child process: a child shares the worker's memory copy-on-write, writes its pixels straight
 into a shared buffer, and runs under an address-space limit, so a memory bomb becomes a
-``MemoryError`` in the child instead of the out-of-memory killer in the worker. A child that
-dies by a signal or runs past the time limit costs its row, recorded as ``decoder_crashed``.
-Forking a worker-sized process costs about 11 ms an image (a 128 px JPEG takes 0.6 ms in
-process), which is why only such chunks pay it.
+``MemoryError`` in the child instead of the out-of-memory killer in the worker (Linux; see
+:mod:`daskimg._compat` for other platforms). A child that dies by a signal or runs past the
+time limit costs its row, recorded as ``decoder_crashed``. Forking a worker-sized process costs
+far more than decoding a small image, which is why only such chunks pay it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import mmap
 import os
@@ -26,9 +27,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ._compat import CAN_FORK, address_space_in_use
+
 __all__ = ["AVAILABLE", "MEMORY_HEADROOM", "TIME_LIMIT", "run_isolated", "shared_zeros"]
 
-AVAILABLE = hasattr(os, "fork")
+AVAILABLE = CAN_FORK
 MEMORY_HEADROOM = 4 << 30  # address space a child may add to what it inherits
 TIME_LIMIT = 60.0  # seconds for one image
 
@@ -88,15 +91,14 @@ def _read_all(fd: int, limit: float) -> tuple[bytes, bool]:
 
 
 def _limit_resources() -> None:
-    """No core file from a crash; address space: what the child inherits plus MEMORY_HEADROOM."""
-    try:
-        import resource
+    """No core file from a crash; address space: what the child inherits plus MEMORY_HEADROOM (Linux)."""
+    import resource  # POSIX, as fork is
 
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        with open("/proc/self/statm") as f:
-            inherited = int(f.read().split()[0]) * mmap.PAGESIZE
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        soft = inherited + MEMORY_HEADROOM
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    inherited = address_space_in_use()
+    if inherited is None:  # no way to know the base: the time limit alone applies (see daskimg._compat)
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = inherited + MEMORY_HEADROOM
+    with contextlib.suppress(OSError, ValueError):  # a limit the system refuses: decode under the hard one
         resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-    except (OSError, ValueError, ImportError):  # not Linux: the child runs unlimited
-        pass

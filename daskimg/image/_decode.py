@@ -2,37 +2,38 @@
 
 The format comes from the bytes, never from the URL or the Content-Type. Pillow reads
 the header (format, size, mode, EXIF) and the pixel count is checked before any pixel is
-allocated. Pixels then come from the cheapest decoder for the format (times per image of
-the benchmark corpus, one core):
+allocated. Pixels then come from the cheapest decoder for the format:
 
 * JPEG: libjpeg-turbo through simplejpeg, at the smallest of its 1/8-step DCT scales that
   still covers the target (Pillow's ``draft`` only has 1/2, 1/4 and 1/8);
 * 8-bit PNG (every colour type, palette and tRNS included): Wuffs through pywuffs when the
-  ``[fast]`` extra is installed, 3.4 ms where libspng takes 5.5 ms;
+  ``[fast]`` extra is installed;
 * other PNG (16-bit grey, RGB, with or without alpha, no palette or tRNS): libspng through
-  pyspng, about twice Pillow's speed;
-* WebP (still images): for a centre crop, libwebp decodes just the cropped region, reduced
-  by the largest integer factor that still covers the target (see :mod:`daskimg.libwebp`):
-  3.3 ms with the resize, where OpenCV's full-size decode plus the resize take 5.8 ms; otherwise
-  libwebp through OpenCV, at full size;
+  pyspng;
+* WebP (still images): libwebp through OpenCV;
 * everything else, and any file a fast decoder rejects: Pillow, which stays the reference.
+
+A truncated file is a ``decode_error``, as long as Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES``
+keeps its default (False): daskimg reads that setting and never changes it. Malformed EXIF is
+handled (the image is kept, unrotated); the warning Pillow emits for it goes wherever the
+process sends warnings (the clusters daskimg starts ignore it, see :mod:`daskimg.cluster`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+import pyspng
+import simplejpeg
+from PIL import Image, UnidentifiedImageError
 
-from . import libwebp
-from .config import PreprocessOptions
-from .transform import center_crop_box
+from .._types import Status
+from ..options import PreprocessOptions
 
 __all__ = ["DecodeError", "Decoded", "decode", "to_rgb"]
 
@@ -49,24 +50,11 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is a failure, not grey pixels
-# Scraped images often carry malformed EXIF; it is handled (the image is kept, unrotated). Pillow's
-# EXIF reader would also warn about each such file, flooding the workers' logs.
-warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
-
-try:
-    import simplejpeg
-except ImportError:  # an optional accelerator: Pillow decodes every JPEG without it
-    simplejpeg = None
-try:
-    import pyspng
-except ImportError:  # likewise for PNG
-    pyspng = None
 _FAST_PNG_MODES = frozenset({"L", "RGB", "RGBA", "I;16", "I;16B"})  # pyspng refuses grey + alpha
 try:
     from pywuffs import ImageDecoderType, PixelFormat
     from pywuffs.aux import ImageDecoder, ImageDecoderConfig
-except ImportError:  # likewise for 8-bit PNG
+except ImportError:  # the [fast] extra is not installed: libspng decodes 8-bit PNG
     ImageDecoder = None
 else:
     _WUFFS_PNG = {}
@@ -80,11 +68,11 @@ _PNG_BIT_DEPTH = 24  # offset of the bit depth in a PNG file: signature (8), IHD
 class DecodeError(Exception):
     """Bytes that do not give an image; ``status`` is the metadata status to record."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: Status, message: str) -> None:
         super().__init__(message)
         self.status = status
 
-    def __reduce__(self) -> tuple[type[DecodeError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[DecodeError], tuple[Status, str]]:
         return DecodeError, (self.status, str(self))
 
 
@@ -126,7 +114,7 @@ def _needed_size(width: int, height: int, opts: PreprocessOptions, swapped: bool
 
 def _fast_pixels(img: Image.Image, data: bytes, opts: PreprocessOptions, orientation: int) -> np.ndarray | None:
     """RGB pixels from a faster decoder when one applies to this file, else None (then Pillow decodes)."""
-    if img.format == "JPEG" and simplejpeg is not None and img.mode in ("RGB", "L"):
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):
         need_w, need_h = _needed_size(*img.size, opts, swapped=orientation >= 5)
         jpeg: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=need_w, min_height=need_h,
                                                   min_factor=1)
@@ -137,17 +125,12 @@ def _fast_pixels(img: Image.Image, data: bytes, opts: PreprocessOptions, orienta
         if decoded.error_message:
             return None
         return _rgb_array(decoded.pixbuf, opts.background) if alpha else decoded.pixbuf
-    if img.format == "PNG" and pyspng is not None and img.mode in _FAST_PNG_MODES and "transparency" not in img.info:
+    if img.format == "PNG" and img.mode in _FAST_PNG_MODES and "transparency" not in img.info:
         png: np.ndarray = pyspng.load(data)
         if png.dtype == np.uint16:
             png = ((png.astype(np.uint32) + 128) // 257).astype(np.uint8)
         return _rgb_array(png, opts.background)
     if img.format == "WEBP" and not getattr(img, "is_animated", False):
-        if opts.mode == "center_crop" and orientation == 1:  # just the region the resize keeps, reduced
-            crop = center_crop_box(*img.size, opts.width, opts.height)
-            reduced = libwebp.decode(data, crop, opts.width, opts.height)
-            if reduced is not None:
-                return _rgb_array(reduced, opts.background)
         webp = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if webp is None:
             return None
@@ -215,17 +198,17 @@ def decode(data: bytes, opts: PreprocessOptions) -> Decoded:
     try:
         img = Image.open(io.BytesIO(data), formats=list(opts.formats))
     except Image.DecompressionBombError as e:
-        raise DecodeError("too_many_pixels", str(e)) from None
+        raise DecodeError(Status.TOO_MANY_PIXELS, str(e)) from None
     except UnidentifiedImageError:
-        raise DecodeError("not_image", f"not an image in an accepted format ({', '.join(opts.formats)})") from None
+        raise DecodeError(Status.NOT_IMAGE, f"not an image in an accepted format ({', '.join(opts.formats)})") from None
     except Exception as e:  # a hostile header can raise anything from a plugin's parser
-        raise DecodeError("decode_error", f"unreadable image header: {type(e).__name__}: {e}") from None
+        raise DecodeError(Status.DECODE_ERROR, f"unreadable image header: {type(e).__name__}: {e}") from None
     width, height = img.size
     fmt = img.format or "unknown"
     if width * height > opts.max_pixels:
-        raise DecodeError("too_many_pixels", f"{width}x{height} exceeds the {opts.max_pixels} pixel cap")
+        raise DecodeError(Status.TOO_MANY_PIXELS, f"{width}x{height} exceeds the {opts.max_pixels} pixel cap")
     if width == 0 or height == 0:
-        raise DecodeError("decode_error", f"empty image ({width}x{height})")
+        raise DecodeError(Status.DECODE_ERROR, f"empty image ({width}x{height})")
     orientation = _orientation(img)
     try:
         try:
@@ -235,7 +218,7 @@ def decode(data: bytes, opts: PreprocessOptions) -> Decoded:
         if pixels is None:
             pixels = _pillow_pixels(img, opts, orientation)
     except Exception as e:  # corrupt or truncated data: the plugin's error is the message
-        raise DecodeError("decode_error", f"{fmt} decode failed: {type(e).__name__}: {e}") from None
+        raise DecodeError(Status.DECODE_ERROR, f"{fmt} decode failed: {type(e).__name__}: {e}") from None
     if orientation in _ORIENT:
         pixels = _ORIENT[orientation](pixels)
         width, height = (height, width) if orientation >= 5 else (width, height)

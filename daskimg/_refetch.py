@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .batch import fetch_partition, preprocess_partition
+from ._stages import fetch_partition, preprocess_partition
+from ._types import Status
 from .cluster import lost_a_worker, only_waiting
-from .config import FetchOptions, PreprocessOptions
-from .fetch import DEFERRED
-from .store import ChunkReport, Output
+from .options import FetchOptions, PreprocessOptions
+from .output import ChunkReport, Output
 
 __all__ = ["refetch_deferred"]
 
@@ -25,7 +25,7 @@ __all__ = ["refetch_deferred"]
 def refetch_deferred(output: Output, chunk: int, fetch: FetchOptions, preprocess: PreprocessOptions) -> ChunkReport:
     """Fetch the deferred rows of written chunk ``chunk`` again, and write them into it; see the module."""
     meta = output.read_meta(chunk)
-    late = meta[meta["status"] == DEFERRED]
+    late = meta[meta["status"] == Status.DEFERRED]
     rows = pd.DataFrame({"url": late["url"].to_numpy()}, index=pd.Index(late["index"].to_numpy(), name="index"))
     with only_waiting():
         fetched = fetch_partition(rows, "url", fetch)

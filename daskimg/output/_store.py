@@ -47,19 +47,15 @@ import zarr
 import zarr.codecs
 from fsspec.implementations.local import LocalFileSystem
 
-from . import writeback
-from .batch import META_SCHEMA, ImagePartition
-from .config import COMPRESSIONS
-from .errors import OutputError
-from .fetch import DEFERRED
+from .._types import META_SCHEMA, ImagePartition, Status
+from ..errors import OutputError
 
-__all__ = ["GROUP_ROWS", "ChunkReport", "Output", "open_output", "prepare_output"]
+__all__ = ["GROUP_ROWS", "ChunkReport", "Listing", "Output", "OutputFormat", "compressor", "load_npy"]
 
 OutputFormat = Literal["zarr", "npy"]
-_NPY_SETTINGS = "daskimg.json"
+NPY_SETTINGS = "daskimg.json"
 _ATTR = "daskimg"
 GROUP_ROWS = 2**18  # rows of metadata compacted into one file
-LAZY_ROWS = 2**22  # open() gives the metadata as a Dask DataFrame beyond this many rows
 _COUNTS_KEY = b"daskimg.counts"
 _PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
 
@@ -89,10 +85,9 @@ class ChunkReport:
     counts: dict[str, int]
 
 
-def _compressor(name: str) -> Any:
-    # Measured on 128 px photos, one core: lz4 0.05 ms an image for 1.15x (byte shuffling is free for
-    # uint8 and helps float32); zstd with bit shuffling 0.22 ms for 1.55x; lz4 with bit shuffling sat
-    # between them (0.10 ms, 1.22x).
+def compressor(name: str) -> Any:
+    """The zarr codec for a ``--compression`` name: lz4 is fast and gains little on photos; zstd with bit
+    shuffling gains more for more CPU (docs/benchmarks.md); byte shuffling is free for uint8 and helps float32."""
     if name == "zstd":
         return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle=zarr.codecs.BloscShuffle.bitshuffle)
     if name == "lz4":
@@ -128,7 +123,6 @@ class Output:
                 with fs.open(tmp, "wb") as f:
                     f.write(data)
                 fs.mv(tmp, final)
-                writeback.written(final, len(data))
             finally:
                 if fs.exists(tmp):
                     fs.rm(tmp)
@@ -271,7 +265,7 @@ class Output:
             self._put(f"images/{k:08d}.npy", _npy_bytes(images))
             self._put(f"ok/{k:08d}.npy", _npy_bytes(ok))
         self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(meta))
-        if not (meta["status"] == DEFERRED).any():
+        if not (meta["status"] == Status.DEFERRED).any():
             self._put(f"metadata/_done/{k:08d}", b"")
 
     def read_meta(self, k: int) -> pd.DataFrame:
@@ -288,8 +282,8 @@ class Output:
             stop = start + self._rows(k)
             images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
         else:
-            images = np.array(_load_npy(fs, f"{root}/images/{k:08d}.npy"))
-            ok = np.array(_load_npy(fs, f"{root}/ok/{k:08d}.npy"))
+            images = np.array(load_npy(fs, f"{root}/images/{k:08d}.npy"))
+            ok = np.array(load_npy(fs, f"{root}/ok/{k:08d}.npy"))
         return images, ok, self.read_meta(k)
 
     def read_settings(self) -> dict[str, Any] | None:
@@ -297,7 +291,7 @@ class Output:
         fs, root = self._fs
         if self.format == "npy":
             try:
-                return json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))  # type: ignore[no-any-return]
+                return json.loads(fs.cat_file(f"{root}/{NPY_SETTINGS}"))  # type: ignore[no-any-return]
             except FileNotFoundError:
                 return None
         try:
@@ -309,7 +303,7 @@ class Output:
 
     def write_settings(self, record: dict[str, Any]) -> None:
         if self.format == "npy":
-            self._put(_NPY_SETTINGS, json.dumps(record, indent=2).encode())
+            self._put(NPY_SETTINGS, json.dumps(record, indent=2).encode())
         else:
             zarr.open_group(self.path, mode="r+").attrs[_ATTR] = record
 
@@ -409,151 +403,7 @@ def _carried(f: pa.Field) -> pa.Field:
     return pa.field(f.name, pa.string()) if pa.types.is_null(f.type) or pa.types.is_large_string(f.type) else f
 
 
-def _exists(fs: fsspec.AbstractFileSystem, root: str) -> bool:
-    return bool(fs.exists(root) and (not fs.isdir(root) or fs.ls(root)))
-
-
-def prepare_output(
-    path: str,
-    *,
-    format: OutputFormat,
-    n_rows: int,
-    chunk: int,
-    shape: tuple[int, ...],
-    dtype: str,
-    dim_names: tuple[str, ...],
-    compression: str,
-    settings: dict[str, Any],
-    overwrite: bool,
-) -> Output:
-    """Create the output, or reopen it for resuming when it was made with the same settings.
-
-    Raises
-    ------
-    OutputError
-        When ``path`` holds something else (another daskimg run's settings, or files that
-        are not a daskimg output) and ``overwrite`` does not allow replacing it.
-    """
-    if format not in ("zarr", "npy"):
-        raise OutputError(f"output format must be zarr or npy, got {format!r}")
-    if compression not in COMPRESSIONS:
-        raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-    out = Output(path, format, chunk, n_rows)
-    fs, root = out._fs
-    if _exists(fs, root):
-        previous = out.read_settings()
-        if previous is None:
-            raise OutputError(f"{path} exists and is not a daskimg output; choose another output path")
-        if previous.get("settings") == settings and not overwrite:
-            return dataclasses.replace(out, id=str(previous.get("id", "")))
-        if not overwrite:
-            changed = sorted(k for k in settings.keys() | previous.get("settings", {}).keys()
-                             if settings.get(k) != previous.get("settings", {}).get(k))
-            raise OutputError(f"{path} was made with other settings ({', '.join(changed)} differ); "
-                              "pass --overwrite to replace it, or choose another output")
-        fs.rm(root, recursive=True)
-    from . import __version__
-
-    # Locally the output is built under a temporary name and renamed into place, so a run killed
-    # while creating it never leaves a half-made output that the next run would refuse.
-    out = dataclasses.replace(out, id=uuid.uuid4().hex)
-    local = isinstance(fs, LocalFileSystem)
-    staged = dataclasses.replace(out, path=f"{root}.daskimg-{out.id}.tmp") if local else out
-    try:
-        _create(staged, shape, dtype, dim_names, compression)
-        staged.write_settings({"version": __version__, "id": out.id, "settings": settings, "counts": {}})
-        if local:
-            if fs.exists(root):  # an empty directory made by the user: the output takes its place
-                fs.rmdir(root)
-            fs.mv(staged.path, root, recursive=True)
-    except OSError as e:
-        raise OutputError(f"cannot create {path}: {e}") from None
-    finally:
-        if local and fs.exists(staged.path):
-            fs.rm(staged.path, recursive=True)
-    return out
-
-
-def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[str, ...], compression: str) -> None:
-    if out.format == "npy":
-        fs, root = out._fs
-        fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
-        return
-    group = zarr.open_group(out.path, mode="w", zarr_format=3)
-    group.create_array(
-        "images", shape=(out.n_rows, *shape), chunks=(out.chunk, *shape), dtype=dtype,
-        dimension_names=("image", *dim_names), compressors=_compressor(compression), fill_value=0,
-    )
-    group.create_array(
-        "ok", shape=(out.n_rows,), chunks=(out.chunk,), dtype="bool", dimension_names=("image",), fill_value=False,
-    )
-
-
-def open_output(path: str, *, lazy: bool | None = None) -> tuple[Any, Any]:
-    """Open a finished (or partial) output: a Dask array of images and the metadata table.
-
-    Parameters
-    ----------
-    path
-        The output, local or any fsspec URL.
-    lazy
-        Give the metadata as a Dask DataFrame (True) or a pandas DataFrame (False); by
-        default lazily beyond ``LAZY_ROWS`` (4,194,304) rows.
-
-    Returns
-    -------
-    images : dask.array.Array
-        ``(N, H, W, 3)`` (or channels-first), chunked like the output; rows of chunks not
-        written yet are zeros, as are failed rows.
-    meta : pandas.DataFrame or dask.dataframe.DataFrame
-        One row per input row that has been written, in row order (column ``index``).
-    """
-    import dask.array as da
-
-    fs, root = fsspec.core.url_to_fs(path)
-    root = root.rstrip("/")
-    if fs.exists(f"{root}/{_NPY_SETTINGS}"):
-        settings = json.loads(fs.cat_file(f"{root}/{_NPY_SETTINGS}"))["settings"]
-        out = Output(path, "npy", settings["chunk"], settings["rows"])
-        images = _npy_images(out, settings)
-    else:
-        try:
-            array = zarr.open_array(path, path="images", mode="r")
-        except FileNotFoundError:
-            raise OutputError(f"{path} is not a daskimg output") from None
-        images = da.from_zarr(array)
-        out = Output(path, "zarr", array.chunks[0], array.shape[0])
-    files = out.listing().files()
-    if lazy or (lazy is None and out.n_rows > LAZY_ROWS):
-        import dask.dataframe as dd
-
-        return images, dd.read_parquet([fs.unstrip_protocol(f) for f in files])
-    meta = pd.concat([pd.read_parquet(f, filesystem=fs) for f in files], ignore_index=True) if files else (
-        pd.DataFrame({name: pd.Series(dtype=t.to_pandas_dtype()) for name, t in zip(
-            META_SCHEMA.names, META_SCHEMA.types, strict=True)}))
-    return images, meta
-
-
-def _npy_images(out: Output, settings: dict[str, Any]) -> Any:
-    """The npy chunks as one Dask array; chunks not written yet read as zeros, as in zarr."""
-    import dask.array as da
-
-    from .config import PreprocessOptions
-
-    prep = PreprocessOptions(**settings["preprocess"])
-    fs, root = out._fs
-    done = out.done_chunks()
-    blocks = []
-    for k in range(out.n_chunks):
-        if done[k]:
-            blocks.append(da.from_array(_load_npy(fs, f"{root}/images/{k:08d}.npy"), chunks=-1))
-        else:
-            rows = min(out.chunk, out.n_rows - k * out.chunk)
-            blocks.append(da.zeros((rows, *prep.shape), dtype=prep.dtype, chunks=-1))
-    return da.concatenate(blocks)
-
-
-def _load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
+def load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
     if isinstance(fs, LocalFileSystem):
         return np.asarray(np.load(path, mmap_mode="r"))
     return np.asarray(np.load(io.BytesIO(fs.cat_file(path))))

@@ -19,10 +19,10 @@ and the time to the first written chunk do not depend on the length of the table
 
 **Deferred rows.** A chunk written with rows ``deferred`` (a fetch stopped waiting for its
 slowest URLs) gets a ``refetch`` task that fetches them again and writes them in (see
-:mod:`daskimg.refetch`), outside the window: it only waits on the network.
+:mod:`daskimg._refetch`), outside the window: it only waits on the network.
 
 **Compaction.** Once every chunk of a group of chunks is done, a ``compact`` task merges
-their metadata parts into one file (see :meth:`daskimg.store.Output.compact`).
+their metadata parts into one file (see :meth:`daskimg.output.Output.compact`).
 
 **Stopping.** The first SIGINT or SIGTERM stops submitting chunks: chunks still fetching
 are cancelled, chunks whose bytes are fetched are decoded and written (for at most
@@ -50,15 +50,15 @@ import numpy as np
 from dask.typing import Key
 from distributed import Client, Future, as_completed
 
-from .batch import FetchedPartition, ImagePartition, fetch_partition, preprocess_partition
-from .cluster import lost_a_worker
-from .config import FetchOptions, PreprocessOptions
+from ._refetch import refetch_deferred
+from ._stages import FetchedPartition, fetch_partition, preprocess_partition
+from ._types import ImagePartition, Status
+from .cluster import lost_a_worker, stalled_fetch
 from .errors import Interrupted
-from .fetch import DEFERRED
-from .refetch import refetch_deferred
+from .options import FetchOptions, PreprocessOptions
+from .output import ChunkReport, Listing, Output
 from .report import Progress
 from .sources import Block, Source, read_rows
-from .store import ChunkReport, Listing, Output
 
 __all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]
 
@@ -208,7 +208,7 @@ def _preprocess(fetched: FetchedPartition, opts: PreprocessOptions) -> ImagePart
 def _fetch(pieces: list[Any], start: int, url_col: str, opts: FetchOptions) -> FetchedPartition:
     """The fetch task: read a chunk's rows (see :func:`daskimg.sources.read_rows`), then fetch their URLs;
     its slowest ones may come back deferred."""
-    return fetch_partition(read_rows(pieces, start, url_col), url_col, opts, defer=True)
+    return fetch_partition(read_rows(pieces, start, url_col), url_col, opts, defer=True, stalled=stalled_fetch)
 
 
 class _Graph:
@@ -327,7 +327,7 @@ def stream_chunks(
                 if written is None:
                     continue
                 report = _chunk_result(future, result, written.k, outcome, bar, done)
-                if report is not None and report.counts.get(DEFERRED) and not stop.requested:
+                if report is not None and report.counts.get(Status.DEFERRED) and not stop.requested:
                     _add(running, side, graph.refetch(written.k), "refetch", written.k)
                 elif report is not None:
                     _maybe_compact(graph, output, done, written.k, running, side, compacting, stop)
@@ -373,7 +373,7 @@ def _chunk_result(future: Future[Any], result: Any, k: int, outcome: Outcome, ba
         return None
     outcome.processed += result.rows
     bar.update(result.rows, result.counts)
-    done[k] = refetch or not result.counts.get(DEFERRED)
+    done[k] = refetch or not result.counts.get(Status.DEFERRED)
     return result
 
 

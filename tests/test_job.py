@@ -172,8 +172,8 @@ def test_float32_channels_first_output(tmp_path: Path, server: FaultServer, clie
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_chunks_written_directly_read_back_through_zarr(tmp_path: Path, compression: str, dtype: str) -> None:
     # Whole chunks are encoded by daskimg and stored under zarr's key; zarr must read them as its own.
-    from daskimg.batch import ImagePartition
-    from daskimg.store import prepare_output
+    from daskimg._types import ImagePartition
+    from daskimg.output import prepare_output
 
     rng = np.random.default_rng(0)
     out = prepare_output(str(tmp_path / "o.zarr"), format="zarr", n_rows=10, chunk=4, shape=(6, 5, 3), dtype=dtype,
@@ -208,7 +208,7 @@ def test_a_write_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
 ) -> None:
     from distributed import LocalCluster
 
-    from daskimg.store import Output
+    from daskimg.output import Output
 
     real_put = Output._put
 

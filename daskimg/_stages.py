@@ -1,49 +1,28 @@
-"""What travels between the stages: one partition of rows, fetched, then preprocessed.
+"""A chunk's two stages: its rows fetched, then preprocessed.
 
-``fetch_partition`` and ``preprocess_partition`` are the two task functions of the
-graph; each is a plain function of a pandas partition, callable without Dask.
+:func:`fetch_partition` and :func:`preprocess_partition` are plain functions of a pandas
+partition, callable without Dask; the runner (:mod:`daskimg._runner`) calls them in its tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from . import isolate as isolation
-from .cluster import only_waiting
-from .colour import srgb_converter
-from .config import FetchOptions, PreprocessOptions
-from .decode import DecodeError, decode
+from . import _isolate as isolation
+from ._types import META_SCHEMA, ImagePartition, Status
 from .fetch import FetchResult, fetch_batch
-from .transform import fit, to_array
+from .image import DecodeError, decode, fit, srgb_converter, to_array
+from .options import FetchOptions, PreprocessOptions
 
-__all__ = ["META_SCHEMA", "FetchedPartition", "ImagePartition", "fetch_partition", "preprocess_partition"]
+__all__ = ["FetchedPartition", "fetch_partition", "preprocess_partition"]
 
-# The columns daskimg itself writes, in order; the input's other columns follow them.
-META_SCHEMA = pa.schema(
-    [
-        ("index", pa.int64()),
-        ("url", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("http_status", pa.int32()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("format", pa.string()),
-        ("bytes", pa.int64()),
-        ("sha256", pa.string()),
-    ]
-)
-
-
-_Outcome = tuple[tuple[str, str] | None, tuple[int | None, int | None, str | None]]
+_Outcome = tuple[tuple[Status, str] | None, tuple[int | None, int | None, str | None]]
 
 
 def _preprocess_one(data: bytes, opts: PreprocessOptions, out: np.ndarray) -> _Outcome:
@@ -54,12 +33,12 @@ def _preprocess_one(data: bytes, opts: PreprocessOptions, out: np.ndarray) -> _O
     except DecodeError as e:
         return (e.status, str(e)), (None, None, None)
     except Exception as e:  # one image must never cost its whole chunk; the message keeps the cause
-        return ("preprocess_error", f"{type(e).__name__}: {e}"), (None, None, None)
+        return (Status.PREPROCESS_ERROR, f"{type(e).__name__}: {e}"), (None, None, None)
     return None, (decoded.width, decoded.height, decoded.format)
 
 
 def _crashed(why: str) -> _Outcome:
-    return ("decoder_crashed", why), (None, None, None)
+    return (Status.DECODER_CRASHED, why), (None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,41 +50,17 @@ class FetchedPartition:
     results: list[FetchResult]
 
 
-@dataclass(frozen=True, slots=True)
-class ImagePartition:
-    """Rows ``start .. start + len(images)`` of the output: pixels, ok mask and metadata."""
-
-    start: int
-    images: np.ndarray
-    ok: np.ndarray
-    meta: pd.DataFrame
-
-
-def fetch_partition(rows: pd.DataFrame, url_col: str, opts: FetchOptions, *, defer: bool = False) -> FetchedPartition:
+def fetch_partition(
+    rows: pd.DataFrame, url_col: str, opts: FetchOptions, *, defer: bool = False,
+    stalled: Callable[[], AbstractContextManager[None]] | None = None,
+) -> FetchedPartition:
     """Download every URL of ``rows``, in order.
 
-    With ``defer``, the slowest may come back ``deferred``; a task stalled on them waits out
-    of its worker's thread pool, which meanwhile runs another task (two such tasks per
-    process at most: each holds its chunk's bodies).
+    With ``defer``, the slowest may come back ``deferred``; while the batch waits for them
+    it is inside ``stalled()`` (the runner leaves the worker's thread pool meanwhile).
     """
-    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=_stalled)
+    results = fetch_batch(rows[url_col].tolist(), opts, defer=defer, stalled=stalled)
     return FetchedPartition(rows, url_col, results)
-
-
-_STALLED = threading.BoundedSemaphore(2)
-
-
-@contextlib.contextmanager
-def _stalled() -> Iterator[None]:
-    """Wait out of the worker's thread pool, unless two stalled fetches of this process already do."""
-    if not _STALLED.acquire(blocking=False):
-        yield
-        return
-    try:
-        with only_waiting():
-            yield
-    finally:
-        _STALLED.release()
 
 
 def preprocess_partition(
@@ -113,7 +68,7 @@ def preprocess_partition(
 ) -> ImagePartition:
     """Decode and resize every fetched body; failures become zeros plus a status and message.
 
-    With ``isolate`` each image is preprocessed in a forked child (see :mod:`daskimg.isolate`):
+    With ``isolate`` each image is preprocessed in a forked child (see :mod:`daskimg._isolate`):
     for a chunk whose task already lost a worker, so that the image that crashed it costs its row.
     """
     rows, results = fetched.rows, fetched.results
@@ -139,7 +94,7 @@ def preprocess_partition(
             out[...] = 0  # a child may have died after writing some pixels
     if isolate:
         images = np.array(images)  # out of the shared mapping
-    ok = np.array([s == "ok" for s in status], dtype=bool)
+    ok = np.array([s == Status.OK for s in status], dtype=bool)
     meta = pd.DataFrame(
         {
             "index": rows.index.to_numpy(dtype=np.int64),

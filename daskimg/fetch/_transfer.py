@@ -1,10 +1,11 @@
 """Bytes from URLs, safely, many at a time: libcurl's multi interface driven from one thread.
 
-Every failure is returned as a :class:`FetchResult` with a short ``status`` and a message,
-never raised. One thread keeps up to ``concurrency`` transfers in flight on pooled
+Every failure is returned as a :class:`FetchResult` with a :class:`~daskimg.Status` and a
+message, never raised. One thread keeps up to ``concurrency`` transfers in flight on pooled
 keep-alive connections, so a far-away server's round trip is hidden without a thread
 per request, and the HTTP work itself runs in C (about a sixth of urllib3's CPU time
-per image). Safety rules, all enforced here:
+per image). Safety rules, enforced here
+with the refusals of :mod:`._policy`:
 
 * only ``http`` and ``https``, for the first request and every redirect, at most
   ``max_redirects`` hops;
@@ -25,7 +26,6 @@ URLs once the rest are done (see ``FetchOptions.defer_after``): those come back 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import heapq
 import io
@@ -43,17 +43,17 @@ from urllib.parse import urlsplit
 
 import pycurl
 
-from .config import FetchOptions
+from .._types import Status
+from ..options import FetchOptions
+from ._policy import address_refusal, opted_out, retry_after, url_refusal
 
-__all__ = ["DEFERRED", "FetchResult", "address_refusal", "fetch_batch", "fetch_one", "url_refusal"]
+__all__ = ["FetchResult", "fetch_batch", "fetch_one"]
 
-DEFERRED = "deferred"  # the status of a URL a batch stopped waiting for
 # A deferring batch whose DONE_SHARE of URLs took t seconds waits for the rest until PATIENCE * t (at
 # least MIN_PATIENCE s, at most defer_after). Once they have taken STALL * t more, it is stalled: it
 # waits inside its caller's `stalled()` (a Dask task leaves its worker's thread pool meanwhile).
 DONE_SHARE, PATIENCE, MIN_PATIENCE, STALL = 0.9, 3.0, 0.25, 0.25
 
-_MAX_URL = 8192
 _RETRY_CURL = frozenset({
     pycurl.E_COULDNT_CONNECT, pycurl.E_OPERATION_TIMEDOUT, pycurl.E_GOT_NOTHING, pycurl.E_RECV_ERROR,
     pycurl.E_SEND_ERROR, pycurl.E_PARTIAL_FILE,
@@ -67,7 +67,7 @@ _CURL_CAPS_STREAMS = pycurl.version_info()[2] >= 0x080400
 class FetchResult:
     """What happened to one URL: ``data`` is set exactly when ``status == "ok"``."""
 
-    status: str
+    status: Status
     error: str | None = None
     http_status: int | None = None
     data: bytes | None = None
@@ -75,66 +75,7 @@ class FetchResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
-
-
-def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
-    """Why ``ip`` may not be contacted, or ``None`` when it may."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local:
-        return f"{ip} is link-local (cloud metadata lives there); refused always"
-    if ip.is_multicast or ip.is_unspecified:
-        return f"{ip} is not a unicast address"
-    if ip.is_global or allow_private:
-        return None
-    return f"{ip} is a private or loopback address; pass --allow-private-network to allow it"
-
-
-def url_refusal(url: object) -> str | None:
-    """Why a table cell is not a fetchable URL, or ``None``."""
-    if not isinstance(url, str) or not url.strip():
-        return "empty or missing URL"
-    if len(url) > _MAX_URL:
-        return f"URL longer than {_MAX_URL} characters"
-    if "\ufffd" in url:
-        return "not valid UTF-8 in the input table"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url.strip()):
-        return "URL contains control characters"
-    try:
-        parts = urlsplit(url.strip())
-        host = parts.hostname
-    except ValueError as e:
-        return f"not a URL: {e}"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"scheme {parts.scheme or '(none)'!r} refused; only http and https are fetched"
-    if not host:
-        return "URL has no host"
-    return None
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds asked by a ``Retry-After`` header (seconds or HTTP date), capped; None if unparsable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max(0.0, when.timestamp() - time.time()), cap)
-
-
-def _opted_out(robots: list[str]) -> bool:
-    """True when an ``X-Robots-Tag`` value says noai/noimageai to everyone or to daskimg."""
-    for value in robots:
-        for token in value.split(","):
-            agent, _, directive = token.rpartition(":")
-            if agent.strip().lower() in ("", "daskimg") and directive.strip().lower() in ("noai", "noimageai"):
-                return True
-    return False
+        return self.status == Status.OK
 
 
 @dataclass(eq=False)
@@ -234,27 +175,27 @@ class _Fetcher:
         redirected = int(c.getinfo(pycurl.REDIRECT_COUNT)) > 0
         o = self.opts
         if errno == 0:
-            if o.respect_noai and _opted_out(t.header_values(b"x-robots-tag")):
-                return FetchResult("opted_out", "X-Robots-Tag forbids AI use (noai/noimageai)", code)
+            if o.respect_noai and opted_out(t.header_values(b"x-robots-tag")):
+                return FetchResult(Status.OPTED_OUT, "X-Robots-Tag forbids AI use (noai/noimageai)", code)
             if code != 200:
-                return FetchResult("http_error", t.status_line() or f"HTTP {code}", code)
+                return FetchResult(Status.HTTP_ERROR, t.status_line() or f"HTTP {code}", code)
             data = t.body.getvalue()
             if not data:
-                return FetchResult("empty_body", "the server answered with an empty body", code)
-            return FetchResult("ok", None, code, data, hashlib.sha256(data).hexdigest())
+                return FetchResult(Status.EMPTY_BODY, "the server answered with an empty body", code)
+            return FetchResult(Status.OK, None, code, data, hashlib.sha256(data).hexdigest())
         if t.blocked:
-            return FetchResult("blocked_address", t.blocked)
+            return FetchResult(Status.BLOCKED_ADDRESS, t.blocked)
         if errno in (pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR):
-            return FetchResult("too_large", f"body exceeds the {o.max_bytes} byte cap", code)
+            return FetchResult(Status.TOO_LARGE, f"body exceeds the {o.max_bytes} byte cap", code)
         if errno == pycurl.E_TOO_MANY_REDIRECTS:
-            return FetchResult("too_many_redirects", f"more than {o.max_redirects} redirects", code)
+            return FetchResult(Status.TOO_MANY_REDIRECTS, f"more than {o.max_redirects} redirects", code)
         if errno == pycurl.E_UNSUPPORTED_PROTOCOL and redirected:
-            return FetchResult("blocked_redirect", f"redirect refused: {message}; only http and https", code)
+            return FetchResult(Status.BLOCKED_REDIRECT, f"redirect refused: {message}; only http and https", code)
         if errno in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
-            return FetchResult("invalid_url", message)
+            return FetchResult(Status.INVALID_URL, message)
         if errno == pycurl.E_COULDNT_RESOLVE_HOST:
-            return FetchResult("dns_error", message)
-        kind = "timeout" if errno == pycurl.E_OPERATION_TIMEDOUT else "connection_error"
+            return FetchResult(Status.DNS_ERROR, message)
+        kind = Status.TIMEOUT if errno == pycurl.E_OPERATION_TIMEDOUT else Status.CONNECTION_ERROR
         return FetchResult(kind, message, code)
 
     def _retry_at(self, t: _Transfer, errno: int, result: FetchResult) -> float | None:
@@ -265,11 +206,11 @@ class _Fetcher:
         o = self.opts
         now = time.monotonic()
         code = result.http_status or 0
-        server_busy = result.status == "http_error" and (code == 429 or code >= 500)
+        server_busy = result.status == Status.HTTP_ERROR and (code == 429 or code >= 500)
         retryable = server_busy or (errno in _RETRY_CURL and not t.blocked)
         after = None
         if server_busy:
-            after = _retry_after(next(iter(t.header_values(b"retry-after")), None), o.max_retry_after)
+            after = retry_after(next(iter(t.header_values(b"retry-after")), None), o.max_retry_after)
         if result.http_status == 429 or (result.http_status == 503 and after is not None):
             # Retry-After (or a 429 without it) speaks for the whole host, not just this URL.
             pause = after if after is not None else o.backoff
@@ -308,7 +249,7 @@ class _Fetcher:
         for i, url in enumerate(urls):
             refusal = url_refusal(url)
             if refusal:
-                results[i] = FetchResult("invalid_url", refusal)
+                results[i] = FetchResult(Status.INVALID_URL, refusal)
             else:
                 clean = str(url).strip().replace(" ", "%20")  # as browsers do; scraped lists have raw spaces
                 ready.append(_Transfer(i, clean, start + o.deadline, urlsplit(clean).netloc.lower()))
@@ -327,7 +268,7 @@ class _Fetcher:
                 resume = self.paused.get(t.host, 0.0)
                 if resume > now:  # the host asked us to slow down: wait without spending an attempt
                     if resume >= t.deadline:
-                        results[t.index] = FetchResult("timeout", "deadline reached while the host asked to wait "
+                        results[t.index] = FetchResult(Status.TIMEOUT, "deadline reached while the host asked to wait "
                                                        "(429 / Retry-After)")
                         left -= 1
                     else:
@@ -370,11 +311,11 @@ class _Fetcher:
                 self.multi.select(wait)
             elif waiting and not ready:
                 time.sleep(max(0.0, min(waiting[0][0] - time.monotonic(), wait)))
-        return [r if r is not None else FetchResult("connection_error", "no result") for r in results]
+        return [r if r is not None else FetchResult(Status.CONNECTION_ERROR, "no result") for r in results]
 
     def _deferred(self, results: list[FetchResult | None], waited: float) -> list[FetchResult]:
         """The results, with every URL not done yet marked deferred (:meth:`run` stops their transfers)."""
-        late = FetchResult(DEFERRED, f"not done after {waited:.1f} s, when the rest of its chunk was; "
+        late = FetchResult(Status.DEFERRED, f"not done after {waited:.1f} s, when the rest of its chunk was; "
                            "fetched again on its own")
         return [r if r is not None else late for r in results]
 
@@ -407,7 +348,7 @@ def fetch_batch(urls: Iterable[object], opts: FetchOptions, *, defer: bool = Fal
     """Fetch every URL with up to ``opts.concurrency`` transfers in flight; results in input order.
 
     With ``defer``, the URLs still going when the batch stops waiting (``opts.defer_after``)
-    come back with status :data:`DEFERRED`, for the caller to fetch again; the batch waits
+    come back with status ``Status.DEFERRED``, for the caller to fetch again; the batch waits
     for its last URLs inside ``stalled()``, if given (a Dask task leaves its worker's thread
     pool there).
     """

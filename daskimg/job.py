@@ -5,7 +5,7 @@
 A job is a plan of the input (:func:`daskimg.sources.plan_source`: files and blocks, no
 rows read) and the options of each stage. :meth:`Job.run` counts the input's rows on the
 cluster, creates or reopens the output, and streams the chunks not done yet through the
-cluster (:mod:`daskimg.runner`, the one place that builds the Dask graph).
+cluster (:mod:`daskimg._runner`, the one place that builds the Dask graph).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import pandas as pd
 from dask.base import tokenize
 from distributed import Client
 
+from ._runner import Stop, count_rows, stream_chunks
 from .cluster import run_client
-from .config import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
 from .errors import ConfigError
+from .options import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
+from .output import Output, OutputFormat, prepare_output
 from .report import Progress, Summary
-from .runner import Stop, count_rows, stream_chunks
 from .sources import Source, plan_source
-from .store import Output, OutputFormat, prepare_output
 
 __all__ = ["CHUNK_BYTES", "Job", "auto_chunk", "read_urls"]
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import daskimg.batch
-from daskimg.batch import FetchedPartition, preprocess_partition
-from daskimg.config import PreprocessOptions
+import daskimg._stages
+from daskimg._stages import FetchedPartition, preprocess_partition
 from daskimg.fetch import FetchResult
+from daskimg.options import PreprocessOptions
 
 from .conftest import photo
 
@@ -38,7 +38,7 @@ def test_a_partition_keeps_row_numbers_and_carried_columns() -> None:
 
 
 def test_an_unexpected_error_in_one_image_is_recorded_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fit = daskimg.batch.fit
+    real_fit = daskimg._stages.fit
     calls = iter(range(100))
 
     def flaky_fit(pixels: np.ndarray, opts: PreprocessOptions, convert: object = None) -> np.ndarray:
@@ -46,7 +46,7 @@ def test_an_unexpected_error_in_one_image_is_recorded_not_raised(monkeypatch: py
             raise RuntimeError("a bug for this image only")
         return real_fit(pixels, opts, convert)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(daskimg.batch, "fit", flaky_fit)
+    monkeypatch.setattr(daskimg._stages, "fit", flaky_fit)
     part = preprocess_partition(fetched(4), PreprocessOptions(height=8, width=8))
     assert part.meta["status"].tolist() == ["ok", "http_error", "preprocess_error", "ok"]
     assert "a bug for this image only" in part.meta.loc[2, "error"]

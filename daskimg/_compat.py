@@ -1,0 +1,38 @@
+"""Platform differences, in one place (as in ``distributed.compatibility``).
+
+daskimg runs on Linux, macOS and Windows. Two features depend on the platform:
+
+* **Decoder isolation** (:mod:`daskimg._isolate`) forks a child per image, so it needs
+  ``os.fork`` (Linux, macOS). Without it (Windows) a chunk that crashed a worker is retried
+  in process, and after Dask's ``allowed-failures`` it is reported as not written.
+* **The memory cap of an isolated decoder** is an address-space limit on top of what the
+  child inherits, read from ``/proc/self/statm``: Linux only. Elsewhere the child runs
+  with its time limit alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["CAN_FORK", "LINUX", "address_space_in_use", "usable_cpus"]
+
+LINUX = sys.platform.startswith("linux")
+CAN_FORK = hasattr(os, "fork")
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on: its CPU affinity where the platform has one, else all cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def address_space_in_use() -> int | None:
+    """Bytes of virtual memory this process maps (Linux), or None where the platform does not say."""
+    if not LINUX:
+        return None
+    import mmap
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * mmap.PAGESIZE

@@ -1,0 +1,232 @@
+"""The command line: ``daskimg INPUT OUTPUT [options]`` (also ``python -m daskimg``).
+
+Exit status: 0 when every chunk was written (URLs that failed are recorded in the
+metadata, they do not fail the run); 1 when some chunks could not be written (run again
+to redo them); 2 for a bad argument, an unreadable input or a refused output; 130 after
+SIGINT (Ctrl-C) and 143 after SIGTERM (run again to resume). The first signal lets the
+chunks whose bytes are fetched be written; a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import __version__
+from .errors import DaskimgError, Interrupted
+from .options import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    FORMATS,
+    INPUT_FORMATS,
+    RESAMPLE,
+    RESIZE_MODES,
+    FetchOptions,
+    PreprocessOptions,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["main", "parser"]
+
+_F = FetchOptions()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        self.exit(2, f"daskimg: error: {message} (see --help)\n")
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def _color(text: str) -> tuple[int, int, int]:
+    r, g, b = _triple(text)
+    return int(r), int(g), int(b)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="daskimg",
+        description="Download, decode and resize the images of a URL table into chunked arrays (zarr or npy), "
+        "on a local Dask cluster or an existing one.",
+        epilog="Example: daskimg urls.parquet out.zarr --size 224 --url-col url. Without INPUT and with --demo, "
+        "runs on sample images served locally.",
+    )
+    p.add_argument("paths", nargs="*", metavar="INPUT OUTPUT",
+                   help="URL table (txt/csv/tsv/jsonl/parquet, optionally .gz; file, glob, directory or fsspec URL) "
+                   "and output path (local or fsspec URL)")
+    p.add_argument("--version", action="version", version=f"daskimg {__version__}")
+    p.add_argument("--demo", action="store_true", help="serve the built-in sample images locally and run on them; "
+                   "takes only OUTPUT (default daskimg-demo.zarr)")
+
+    g = p.add_argument_group("input")
+    g.add_argument("--url-col", default="url", help="column holding the URLs (default: url); other columns are "
+                   "carried into the metadata")
+    g.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format guessed from the suffix")
+
+    g = p.add_argument_group("image")
+    g.add_argument("--size", type=int, help="output height and width in pixels (default 224)")
+    g.add_argument("--height", type=int, help="output height (overrides --size)")
+    g.add_argument("--width", type=int, help="output width (overrides --size)")
+    g.add_argument("--resize-mode", choices=RESIZE_MODES, default="center_crop",
+                   help="center_crop: fill the target, crop the centre (default); pad: keep the whole image, "
+                   "letterbox with --fill; stretch: resize to the target ignoring the aspect ratio")
+    g.add_argument("--resample", choices=RESAMPLE, default="bilinear", help="resize filter (default bilinear)")
+    g.add_argument("--fill", type=_color, default=(0, 0, 0), metavar="R,G,B", help="letterbox colour for pad")
+    g.add_argument("--background", type=_color, default=(255, 255, 255), metavar="R,G,B",
+                   help="colour that transparency is composited on (default white)")
+    g.add_argument("--dtype", choices=("uint8", "float32"), default="uint8",
+                   help="uint8 0-255 (default) or float32 scaled to 0-1")
+    g.add_argument("--mean", type=_triple, metavar="R,G,B", help="float32 only: subtract this per channel")
+    g.add_argument("--std", type=_triple, metavar="R,G,B", help="float32 only: divide by this per channel")
+    g.add_argument("--channels-first", action="store_true", help="store (3, H, W) images instead of (H, W, 3)")
+    g.add_argument("--formats", default=",".join(FORMATS),
+                   help=f"image formats accepted, decided from the bytes (default {','.join(FORMATS)})")
+    g.add_argument("--max-pixels", type=int, default=64 * 1024 * 1024,
+                   help="refuse images with more pixels than this, before decoding (default 67108864)")
+
+    g = p.add_argument_group("fetch")
+    g.add_argument("--timeout", type=float, default=_F.timeout,
+                   help=f"connect/read timeout, s (default {_F.timeout:g})")
+    g.add_argument("--deadline", type=float, default=_F.deadline,
+                   help=f"total time per URL with retries and redirects, s (default {_F.deadline:g})")
+    g.add_argument("--max-bytes", type=int, default=_F.max_bytes,
+                   help=f"largest body downloaded (default {_F.max_bytes})")
+    g.add_argument("--retries", type=int, default=_F.retries,
+                   help=f"retries after connection errors, 429 and 5xx (default {_F.retries})")
+    g.add_argument("--concurrency", type=int, default=_F.concurrency,
+                   help=f"transfers in flight per fetch task; a worker runs one per thread (default {_F.concurrency})")
+    g.add_argument("--per-host", type=int, default=_F.per_host,
+                   help=f"connections to one host per fetch task (politeness; default {_F.per_host}); a cluster "
+                   "runs up to two fetch tasks per worker thread at once: one host sees at most this many times that")
+    g.add_argument("--defer-after", type=float, default=_F.defer_after,
+                   help="most seconds a chunk waits for its slowest URLs before it is written without them; they "
+                   f"are fetched again on their own and written in later (0: wait for all; default {_F.defer_after:g})")
+    g.add_argument("--allow-private-network", action="store_true",
+                   help="allow loopback and private addresses (link-local, e.g. 169.254.169.254, stays refused)")
+    g.add_argument("--ignore-noai", action="store_true", help="fetch images whose X-Robots-Tag says noai/noimageai")
+    g.add_argument("--user-agent", default="", help="User-Agent header (default names daskimg and its version)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--format", choices=("zarr", "npy"), default="zarr", help="zarr v3 group (default) or .npy files")
+    g.add_argument("--chunk", type=int, help="rows per partition and per output chunk (default: a power of two "
+                   "making about 12 MiB of output, 16 to 256: 256 at 128 px, 64 at 224 px)")
+    g.add_argument("--compression", choices=COMPRESSIONS, default=DEFAULT_COMPRESSION,
+                   help=f"zarr chunk compression: lz4 (Blosc: fast, 1.15x on photos), zstd (bit-shuffled: 1.55x, "
+                   f"slower) or none (default {DEFAULT_COMPRESSION})")
+    g.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
+
+    g = p.add_argument_group("cluster")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="run on this existing Dask scheduler (tcp://host:8786) "
+                   "instead of a local cluster; its workers need daskimg installed")
+    g.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    g.add_argument("--threads-per-worker", type=int, default=2, help="threads per local worker (default 2)")
+    g.add_argument("--dashboard-address", default=":8787", help="local dashboard address (default :8787)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@contextlib.contextmanager
+def _table(args: argparse.Namespace, p: argparse.ArgumentParser) -> Iterator[tuple[str | pd.DataFrame, str]]:
+    """The input and output the arguments name; for --demo, the demo server runs meanwhile."""
+    if args.demo:
+        if len(args.paths) > 1:
+            p.error("--demo takes only OUTPUT")
+        from .demo import DemoServer
+
+        with DemoServer() as server:
+            yield server.table, args.paths[0] if args.paths else "daskimg-demo.zarr"
+        return
+    if len(args.paths) != 2:
+        p.error("expected INPUT and OUTPUT")
+    yield args.paths[0], args.paths[1]
+
+
+def _preprocess_options(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size if args.size is not None else 224
+    return {
+        "height": args.height if args.height is not None else size,
+        "width": args.width if args.width is not None else size,
+        "mode": args.resize_mode, "resample": args.resample, "fill": args.fill, "background": args.background,
+        "dtype": args.dtype, "mean": args.mean, "std": args.std, "channels_first": args.channels_first,
+        "formats": tuple(f.strip() for f in args.formats.split(",") if f.strip()), "max_pixels": args.max_pixels,
+    }
+
+
+def _log_to_stderr() -> None:
+    """daskimg's own warnings on stderr, one line each. Only daskimg's logger: Dask configures its own
+    loggers when it is imported, unless the root logger has a handler, and then its INFO lines would
+    flood the terminal."""
+    logger = logging.getLogger("daskimg")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("daskimg: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    p = parser()
+    args = p.parse_args(argv)
+    _log_to_stderr()
+    try:
+        # Settings are checked before the input is read or the output touched.
+        fetch = FetchOptions(
+            timeout=args.timeout, deadline=args.deadline, max_bytes=args.max_bytes, retries=args.retries,
+            concurrency=args.concurrency, per_host=args.per_host, defer_after=args.defer_after,
+            allow_private_network=args.allow_private_network or args.demo,
+            respect_noai=not args.ignore_noai, user_agent=args.user_agent,
+        )
+        preprocess = PreprocessOptions(**_preprocess_options(args))
+        for name in ("chunk", "workers", "threads_per_worker"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                p.error(f"--{name.replace('_', '-')} must be >= 1")
+        from .job import read_urls
+
+        with _table(args, p) as (table, output):
+            job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format)
+            job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
+
+            def announce(client: Any) -> None:
+                print(f"daskimg: {job!r}\ndaskimg: dashboard at {client.dashboard_link}", file=sys.stderr,
+                      flush=True)
+
+            summary = job.run(
+                output, format=args.format, compression=args.compression, overwrite=args.overwrite,
+                scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                dashboard_address=args.dashboard_address, progress=not args.no_progress, on_client=announce,
+            )
+    except DaskimgError as e:
+        print(f"daskimg: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Interrupted: SIGINT or SIGTERM; a bare one: Ctrl-C before the run began
+        print("daskimg: interrupted; run the same command again to resume", file=sys.stderr)
+        return 128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT)
+    print(summary)
+    return 0 if summary.complete else 1
+
+
+def entry_point() -> NoReturn:
+    """The ``daskimg`` command and ``python -m daskimg``: :func:`main`, then exit with its status."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

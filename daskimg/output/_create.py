@@ -1,0 +1,97 @@
+"""Create an output, or reopen one made with the same settings to resume it."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import fsspec
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from ..errors import OutputError
+from ..options import COMPRESSIONS
+from ._store import Output, OutputFormat, compressor
+
+__all__ = ["prepare_output"]
+
+
+def _exists(fs: fsspec.AbstractFileSystem, root: str) -> bool:
+    return bool(fs.exists(root) and (not fs.isdir(root) or fs.ls(root)))
+
+
+def prepare_output(
+    path: str,
+    *,
+    format: OutputFormat,
+    n_rows: int,
+    chunk: int,
+    shape: tuple[int, ...],
+    dtype: str,
+    dim_names: tuple[str, ...],
+    compression: str,
+    settings: dict[str, Any],
+    overwrite: bool,
+) -> Output:
+    """Create the output, or reopen it for resuming when it was made with the same settings.
+
+    Raises
+    ------
+    OutputError
+        When ``path`` holds something else (another daskimg run's settings, or files that
+        are not a daskimg output) and ``overwrite`` does not allow replacing it.
+    """
+    if format not in ("zarr", "npy"):
+        raise OutputError(f"output format must be zarr or npy, got {format!r}")
+    if compression not in COMPRESSIONS:
+        raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    out = Output(path, format, chunk, n_rows)
+    fs, root = out._fs
+    if _exists(fs, root):
+        previous = out.read_settings()
+        if previous is None:
+            raise OutputError(f"{path} exists and is not a daskimg output; choose another output path")
+        if previous.get("settings") == settings and not overwrite:
+            return dataclasses.replace(out, id=str(previous.get("id", "")))
+        if not overwrite:
+            changed = sorted(k for k in settings.keys() | previous.get("settings", {}).keys()
+                             if settings.get(k) != previous.get("settings", {}).get(k))
+            raise OutputError(f"{path} was made with other settings ({', '.join(changed)} differ); "
+                              "pass --overwrite to replace it, or choose another output")
+        fs.rm(root, recursive=True)
+    from .. import __version__
+
+    # Locally the output is built under a temporary name and renamed into place, so a run killed
+    # while creating it never leaves a half-made output that the next run would refuse.
+    out = dataclasses.replace(out, id=uuid.uuid4().hex)
+    local = isinstance(fs, LocalFileSystem)
+    staged = dataclasses.replace(out, path=f"{root}.daskimg-{out.id}.tmp") if local else out
+    try:
+        _create(staged, shape, dtype, dim_names, compression)
+        staged.write_settings({"version": __version__, "id": out.id, "settings": settings, "counts": {}})
+        if local:
+            if fs.exists(root):  # an empty directory made by the user: the output takes its place
+                fs.rmdir(root)
+            fs.mv(staged.path, root, recursive=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {path}: {e}") from None
+    finally:
+        if local and fs.exists(staged.path):
+            fs.rm(staged.path, recursive=True)
+    return out
+
+
+def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[str, ...], compression: str) -> None:
+    if out.format == "npy":
+        fs, root = out._fs
+        fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
+        return
+    group = zarr.open_group(out.path, mode="w", zarr_format=3)
+    group.create_array(
+        "images", shape=(out.n_rows, *shape), chunks=(out.chunk, *shape), dtype=dtype,
+        dimension_names=("image", *dim_names), compressors=compressor(compression), fill_value=0,
+    )
+    group.create_array(
+        "ok", shape=(out.n_rows,), chunks=(out.chunk,), dtype="bool", dimension_names=("image",), fill_value=False,
+    )
