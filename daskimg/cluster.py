@@ -31,6 +31,7 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
+from distributed.core import Status
 
 from ._compat import usable_cpus
 from .errors import ConfigError
@@ -63,8 +64,10 @@ class WorkerTuning(WorkerPlugin):
         Workers ignore SIGINT and SIGTERM; by default the ``daskimg.worker.ignore-stop-signals``
         config key (true).
 
-    Also, malformed EXIF is common in scraped images: daskimg keeps such an image, unrotated,
-    so the worker ignores the ``UserWarning`` Pillow's EXIF reader emits for each one.
+    Two messages are kept out of the worker's log: the ``UserWarning`` Pillow's EXIF reader
+    emits for each image with malformed EXIF (common in scraped images; daskimg keeps such an
+    image, unrotated), and the error a worker logs when a heartbeat was in flight as it closed
+    (distributed#7105: a race inside the closing worker, not a failure).
     """
 
     name = "daskimg-worker-tuning"
@@ -82,9 +85,22 @@ class WorkerTuning(WorkerPlugin):
 
             cv2.setNumThreads(int(self.opencv_threads))
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+        logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
         if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
+
+
+class _HeartbeatAtClose(logging.Filter):
+    """Drops the heartbeat error of a worker that is closing (see :class:`WorkerTuning`)."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        closing = self.worker.status in (Status.closing, Status.closed, Status.closing_gracefully)
+        return not (closing and record.getMessage().startswith("Failed to communicate with scheduler during heartbeat"))
 
 
 @contextlib.contextmanager
@@ -131,6 +147,9 @@ def run_client(
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 dashboard_address=dashboard_address,
+                # Without a dashboard the scheduler still serves /health and /metrics, by default on
+                # port 8787, which may be taken (another cluster's dashboard): any free port then.
+                scheduler_kwargs=None if dashboard_address else {"dashboard_address": ":0"},
                 silence_logs=logging.ERROR,
             )
         with cluster, Client(cluster) as local:

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,15 @@ from distributed import Client
 from ._runner import Stop, count_rows, stream_chunks
 from .cluster import run_client
 from .errors import ConfigError
-from .options import DEFAULT_COMPRESSION, FetchOptions, PreprocessOptions, options_dict
+from .options import (
+    DEFAULT_COMPRESSION,
+    FetchChanges,
+    FetchOptions,
+    PreprocessChanges,
+    PreprocessOptions,
+    options_dict,
+    replace_options,
+)
 from .output import Output, OutputFormat, prepare_output
 from .report import Progress, Summary
 from .sources import Source, plan_source
@@ -103,16 +111,28 @@ class Job:
         return (f"<daskimg.Job {rows} of {self.rows_per_chunk} from {source.name} -> "
                 f"{p.height}x{p.width} {p.mode} {p.dtype}>")
 
-    def fetch(self, **options: Any) -> Job:
-        """Set download options (see :class:`daskimg.FetchOptions`)."""
-        return dataclasses.replace(self, fetch_options=dataclasses.replace(self.fetch_options, **options))
+    def fetch(self, **options: Unpack[FetchChanges]) -> Job:
+        """Set download options (see :class:`daskimg.FetchOptions`).
 
-    def preprocess(self, size: int | None = None, **options: Any) -> Job:
-        """Set decode/resize options (see :class:`daskimg.PreprocessOptions`); ``size`` sets height and width."""
+        Raises
+        ------
+        ConfigError
+            For a name that is not an option, or a value out of range.
+        """
+        return dataclasses.replace(self, fetch_options=replace_options(self.fetch_options, options))
+
+    def preprocess(self, size: int | None = None, **options: Unpack[PreprocessChanges]) -> Job:
+        """Set decode/resize options (see :class:`daskimg.PreprocessOptions`); ``size`` sets height and width.
+
+        Raises
+        ------
+        ConfigError
+            For a name that is not an option, or a value out of range.
+        """
         if size is not None:
             options.setdefault("height", size)
             options.setdefault("width", size)
-        return dataclasses.replace(self, preprocess_options=dataclasses.replace(self.preprocess_options, **options))
+        return dataclasses.replace(self, preprocess_options=replace_options(self.preprocess_options, options))
 
     def settings(self, format: OutputFormat, compression: str) -> dict[str, Any]:
         """What the output depends on; a re-run resumes only when these match (the rows must be counted)."""

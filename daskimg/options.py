@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, TypeVar
 
 from .errors import ConfigError
 
@@ -14,9 +16,12 @@ __all__ = [
     "FORMATS",
     "INPUT_FORMATS",
     "RESIZE_MODES",
+    "FetchChanges",
     "FetchOptions",
+    "PreprocessChanges",
     "PreprocessOptions",
     "options_dict",
+    "replace_options",
 ]
 
 RESIZE_MODES = ("center_crop", "pad", "stretch")
@@ -24,7 +29,7 @@ FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 INPUT_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
 COMPRESSIONS = ("lz4", "zstd", "none")
-# Photos barely compress: lz4 gives 1.15x for 0.05 ms a 128 px image, zstd 1.55x for 0.22 ms.
+# Photos barely compress: lz4 is fast and gains little; zstd gains more for more CPU (docs/benchmarks.md).
 DEFAULT_COMPRESSION = "lz4"
 ResizeMode = Literal["center_crop", "pad", "stretch"]
 Color = tuple[int, int, int]
@@ -73,9 +78,8 @@ class FetchOptions:
         256, the most rows a chunk has by default: a whole chunk is in flight at once, so a
         chunk costs about one round trip even from a far-away server.
     per_host
-        Connections open to one host per fetch task (politeness). 256 too: a single-host list
-        over a 200 ms link runs at 0.98x its loopback speed with it, 0.74x with 128 and 0.69x
-        with 64. Lower it for hosts that mind.
+        Connections open to one host per fetch task (politeness). 256 too, so that a list from a
+        single far-away host is not slowed down by round trips; lower it for hosts that mind.
     allow_private_network
         Allow loopback and private addresses (link-local stays refused).
     respect_noai
@@ -129,7 +133,7 @@ class PreprocessOptions:
         ``center_crop`` (scale the short side to fit, crop the centre), ``pad`` (keep the
         ratio, letterbox with ``fill``) or ``stretch`` (resize to the target, ignoring the ratio).
     resample
-        Pillow filter used to resize.
+        Filter used to resize (OpenCV's; ``hamming`` is Pillow's).
     fill
         Letterbox colour of ``pad``.
     background
@@ -195,6 +199,61 @@ class PreprocessOptions:
         if self.channels_first:
             return (3, self.height, self.width)
         return (self.height, self.width, 3)
+
+
+class FetchChanges(TypedDict, total=False):
+    """Keyword arguments of :meth:`daskimg.Job.fetch`: any field of :class:`FetchOptions`."""
+
+    timeout: float
+    deadline: float
+    max_bytes: int
+    retries: int
+    backoff: float
+    max_retry_after: float
+    max_redirects: int
+    concurrency: int
+    per_host: int
+    allow_private_network: bool
+    respect_noai: bool
+    user_agent: str
+    defer_after: float
+
+
+class PreprocessChanges(TypedDict, total=False):
+    """Keyword arguments of :meth:`daskimg.Job.preprocess`: any field of :class:`PreprocessOptions`."""
+
+    height: int
+    width: int
+    mode: ResizeMode
+    resample: str
+    fill: Color
+    background: Color
+    dtype: Literal["uint8", "float32"]
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+    channels_first: bool
+    formats: tuple[str, ...]
+    max_pixels: int
+
+
+_Options = TypeVar("_Options", FetchOptions, PreprocessOptions)
+
+
+def replace_options(opts: _Options, changes: Mapping[str, Any]) -> _Options:
+    """``opts`` with ``changes``, validated again.
+
+    Raises
+    ------
+    ConfigError
+        For a name that is not an option (with the closest one), or a value out of range.
+    """
+    known = [f.name for f in dataclasses.fields(opts)]
+    for name in changes:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"options are {', '.join(known)}"
+            raise ConfigError(f"{type(opts).__name__} has no option {name!r}; {hint}")
+    return dataclasses.replace(opts, **changes)
 
 
 def options_dict(opts: Any) -> dict[str, Any]:

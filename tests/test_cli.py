@@ -27,7 +27,7 @@ QUIET = ["--no-progress", "--dashboard-address", ":0"]
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daskimg.run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "daskimg", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -47,10 +47,38 @@ def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "0 rows processed" in again.stdout
 
 
-def test_the_console_script_is_installed() -> None:
-    done = subprocess.run([str(BIN / "daskimg"), "--version"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", [[str(BIN / "daskimg")], [sys.executable, "-m", "daskimg.run"]],
+                         ids=["console-script", "python-m-daskimg.run"])
+def test_the_other_ways_to_call_the_command(command: list[str]) -> None:
+    done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stdout.strip() == f"daskimg {daskimg.__version__}"
+
+
+def test_pad_letterboxes_with_the_fill_colour(tmp_path: Path) -> None:
+    out = tmp_path / "pad.zarr"
+    done = cli("--demo", str(out), "--size", "48", "--resize-mode", "pad", "--fill", "255,0,0", *QUIET)
+    assert done.returncode == 0, done.stderr
+    images, meta = daskimg.open(str(out))
+    ok = images.compute()[meta["status"].to_numpy() == "ok"]
+    red = (ok == (255, 0, 0)).all(axis=-1)
+    assert red[:, 0, :].all(axis=1).sum() + red[:, :, 0].all(axis=1).sum() >= 5  # the non-square photos' borders
+
+
+_ATEXIT = """
+import atexit, sys
+atexit.register(lambda: print("the caller's atexit handler ran"))
+from daskimg.cli import entry_point
+sys.argv = ["daskimg", "--demo", sys.argv[1], "--size", "16", "--no-progress", "--dashboard-address", ":0"]
+entry_point()
+"""
+
+
+def test_the_callers_atexit_handlers_run_after_the_command(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _ATEXIT, str(tmp_path / "out.zarr")], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "the caller's atexit handler ran"
 
 
 def test_help_documents_every_option() -> None:
@@ -170,7 +198,7 @@ def test_kill_9_of_a_worker_mid_run_changes_nothing_in_the_output(
     urls.write_text("".join(server.url(f"/delay/{names[i % 4]}?ms=200&kill9={i}\n") for i in range(96)))
     common = ["--size", "40", "--chunk", "8", "--concurrency", "4", "--allow-private-network", *QUIET]
     out = tmp_path / "killed.zarr"
-    run = subprocess.Popen([sys.executable, "-m", "daskimg.run", str(urls), str(out), *common,
+    run = subprocess.Popen([sys.executable, "-m", "daskimg", str(urls), str(out), *common,
                             "--scheduler", hand_made_cluster.address], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     done = out / "metadata" / "_done"
@@ -202,7 +230,7 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=300&sig={signum}-{i}\n") for i in range(160)))
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", "32", "--chunk", "8",
+    cmd = [sys.executable, "-m", "daskimg", str(urls), str(out), "--size", "32", "--chunk", "8",
            "--concurrency", "2", "--allow-private-network", *QUIET]
     # A caught signal is reset to its default by exec, an ignored one stays ignored: so that Ctrl-C
     # reaches the command even when this test runs with SIGINT ignored (a background job, nohup).
@@ -217,6 +245,8 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
     deadline = time.monotonic() + 120
     while not (done.exists() and len(list(done.iterdir())) >= 2) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert done.exists(), "no chunk was done in 120 s: nothing to test"
+    assert len(list(done.iterdir())) >= 2, "no two chunks were done in 120 s: nothing to test"
     if group:
         os.killpg(run.pid, signum)
     else:
@@ -224,7 +254,7 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
     stopped = time.monotonic()
     at_signal = len(list(done.iterdir()))
     _, stderr = run.communicate(timeout=60)
-    assert time.monotonic() - stopped < 15
+    assert time.monotonic() - stopped < 60  # the grace for fetched chunks is 10 s; a loaded machine is slower
     assert run.returncode == 128 + signum, f"{at_signal} chunks done at the signal; stderr: {stderr[-2000:]}"
     assert "Traceback" not in stderr
     assert "Warning" not in stderr
@@ -265,7 +295,7 @@ def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomple
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=40&kill={seed}-{i}\n") for i in range(120)))
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", "24", "--chunk", "8",
+    cmd = [sys.executable, "-m", "daskimg", str(urls), str(out), "--size", "24", "--chunk", "8",
            "--concurrency", "4", "--allow-private-network", *QUIET]
     for _ in range(3):
         run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -150,3 +150,34 @@ _DASHBOARD = """
 
 def test_the_local_clusters_dashboard_serves_every_page(tmp_path: Path) -> None:
     assert _python(_DASHBOARD, tmp_path) == ["health (200, 'ok')", "status 200 True", "profile 200 True"]
+
+
+_HEARTBEAT_AT_CLOSE = """
+    import asyncio, time
+    from daskimg.cluster import run_client
+
+    def slow_heartbeats(dask_scheduler=None):
+        # Each worker's heartbeat is in flight for a second: the worker closes while one is.
+        answer = dask_scheduler.handlers["heartbeat_worker"]
+
+        async def slowly(*args, **kwargs):
+            await asyncio.sleep(1.0)
+            return answer(*args, **kwargs)
+
+        dask_scheduler.handlers["heartbeat_worker"] = slowly
+
+    if __name__ == "__main__":
+        with run_client(workers=1, threads_per_worker=1, dashboard_address=None) as client:
+            client.run_on_scheduler(slow_heartbeats)
+            time.sleep(1.5)
+        print("closed")
+"""
+
+
+def test_closing_the_local_cluster_prints_no_heartbeat_error(tmp_path: Path) -> None:
+    """A worker that closes while its heartbeat is in flight logs an error with a traceback (distributed#7105)."""
+    script = textwrap.dedent(_HEARTBEAT_AT_CLOSE)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["closed"]
+    assert done.stderr == ""

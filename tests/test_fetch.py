@@ -82,19 +82,17 @@ def test_size_cap_refuses_without_reading(server: FaultServer) -> None:
 
 
 def test_a_body_without_length_stops_at_the_cap(server: FaultServer) -> None:
-    t = time.monotonic()
     result = fetch_one(server.url("/endless"), FetchOptions(allow_private_network=True, max_bytes=1_000_000))
-    assert result.status == "too_large"
+    assert result.status == "too_large"  # not a timeout: the endless body was cut at the cap
     assert result.data is None
-    assert time.monotonic() - t < 5
 
 
 def test_a_silent_server_costs_at_most_the_deadline(server: FaultServer) -> None:
     t = time.monotonic()
-    result = fetch_one(server.url("/slow"), FetchOptions(allow_private_network=True, timeout=0.5, deadline=1.5,
+    result = fetch_one(server.url("/slow"), FetchOptions(allow_private_network=True, timeout=3.0, deadline=1.5,
                                                          retries=5, backoff=0.01))
     assert result.status == "timeout"
-    assert time.monotonic() - t < 2.5
+    assert time.monotonic() - t < 10  # six attempts of 3 s each, without the deadline: 18 s
 
 
 def test_noai_opt_out_is_respected_unless_turned_off(server: FaultServer) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from distributed import Client
 
 import daskimg
 from daskimg.errors import ConfigError, OutputError
+from daskimg.options import FetchChanges, FetchOptions, PreprocessChanges, PreprocessOptions
 
 from .server import FaultServer
 from .tables import write_table
@@ -44,7 +47,7 @@ def test_a_mixed_run_completes_with_a_row_and_a_message_for_every_url(
     images, meta = daskimg.open(str(tmp_path / "out.zarr"))
     assert images.shape == (len(urls), 32, 32, 3)
     assert meta["index"].tolist() == list(range(len(urls)))
-    assert meta["url"].tolist() == [u if u else None for u in urls] or meta["url"].fillna("").tolist() == urls
+    assert meta["url"].tolist() == urls  # the empty URL too: as it was in the input
     assert meta["caption"].tolist() == table["caption"].tolist()
     good = meta["url"].str.contains("/img/") & ~meta["url"].fillna("").str.endswith(".tiff")
     assert (meta.loc[good, "status"] == "ok").all()
@@ -334,3 +337,22 @@ def test_rows_a_chunk_stopped_waiting_for_are_fetched_again_and_written_in(
     np.testing.assert_array_equal(pixels[3], pixels[0])
     assert pixels[3].max() > 0
     assert (pixels[10] == 0).all()
+
+
+def test_a_misspelt_option_is_a_config_error_naming_the_closest_one() -> None:
+    job = daskimg.read_urls(["http://example.com/a.jpg"])
+    with pytest.raises(ConfigError, match=r"FetchOptions has no option 'timout'; did you mean 'timeout'\?"):
+        job.fetch(timout=3)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match=r"PreprocessOptions has no option 'heigth'; did you mean 'height'\?"):
+        job.preprocess(heigth=32)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="has no option 'resize_mode'; options are height, width, mode, resample"):
+        job.preprocess(resize_mode="pad")  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="mode must be one of center_crop, pad, stretch"):
+        job.preprocess(mode="squash")  # type: ignore[arg-type]
+    assert job.preprocess(size=32, mode="pad").preprocess_options.mode == "pad"
+
+
+@pytest.mark.parametrize(("changes", "options"), [(FetchChanges, FetchOptions), (PreprocessChanges, PreprocessOptions)])
+def test_the_option_methods_take_exactly_the_options_fields(changes: type, options: type) -> None:
+    hints = typing.get_type_hints(options)
+    assert typing.get_type_hints(changes) == {f.name: hints[f.name] for f in dataclasses.fields(options)}

@@ -48,7 +48,7 @@ def test_public_api_is_pinned() -> None:
     assert daskimg.__all__ == sorted(daskimg.__all__)
     assert set(daskimg.__all__) == {
         "ConfigError", "DaskimgError", "FetchOptions", "InputError", "Job", "OutputError", "PreprocessOptions",
-        "Summary", "__version__", "open", "read_urls",
+        "Status", "Summary", "__version__", "open", "read_urls",
     }
 
 
