@@ -14,6 +14,23 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     the chunks it can, then closing the cluster (the nanny stops its workers through a queue,
     and with SIGKILL if that fails).
 
+``daskimg.worker.freeze-imports`` (default true)
+    Each worker imports daskimg's stages as it starts, then freezes what it has imported
+    (``gc.freeze``): the garbage collector's full collections no longer walk those millions of
+    long-lived objects.
+``daskimg.local-cluster.pre-spawn-environ`` (default ``{MALLOC_TRIM_THRESHOLD_: null, MALLOC_ARENA_MAX: 1}``)
+    Changes to Dask's ``distributed.nanny.pre-spawn-environ`` for the workers of the clusters
+    daskimg starts (null removes a variable). A variable set in this process's environment
+    always wins, and this process's environment is left as it was.
+
+    * Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` so that glibc hands freed memory back to the
+      system at once. Setting it also switches off glibc's adaptive mmap threshold: every
+      buffer over 128 KiB (each decoded image) becomes a fresh ``mmap``, page-faulted in and
+      unmapped again. Left unset, freed image buffers are reused.
+    * ``MALLOC_ARENA_MAX=1``: by default glibc gives each busy thread an arena of its own, and
+      each keeps the free memory of its thread's last big chunk (the fetching thread's bodies,
+      the decoding thread's pixels). Shared, the free memory of one chunk serves the next.
+
 The same plugin can be registered on a cluster of your own:
 ``client.register_plugin(daskimg.cluster.WorkerTuning())``.
 """
@@ -21,6 +38,8 @@ The same plugin can be registered on a cluster of your own:
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib
 import logging
 import os
 import signal
@@ -45,6 +64,10 @@ def default_workers() -> int:
     return usable_cpus()
 
 
+# What a worker imports to run daskimg's tasks.
+WORKER_IMPORTS = ("daskimg._refetch", "daskimg._stages", "daskimg.output", "daskimg.sources", "pyarrow.parquet")
+
+
 class _FromConfig:
     """The default of an argument that may also be None: read it from Dask's config."""
 
@@ -63,6 +86,9 @@ class WorkerTuning(WorkerPlugin):
     ignore_stop_signals
         Workers ignore SIGINT and SIGTERM; by default the ``daskimg.worker.ignore-stop-signals``
         config key (true).
+    freeze_imports
+        Import daskimg's stages, then ``gc.freeze()``; by default the ``daskimg.worker.freeze-imports``
+        config key (true).
 
     Two messages are kept out of the worker's log: the ``UserWarning`` Pillow's EXIF reader
     emits for each image with malformed EXIF (common in scraped images; daskimg keeps such an
@@ -73,11 +99,13 @@ class WorkerTuning(WorkerPlugin):
     name = "daskimg-worker-tuning"
 
     def __init__(self, opencv_threads: int | _FromConfig | None = _FROM_CONFIG,
-                 ignore_stop_signals: bool | None = None) -> None:
+                 ignore_stop_signals: bool | None = None, freeze_imports: bool | None = None) -> None:
         self.opencv_threads: int | None = (dask.config.get("daskimg.worker.opencv-threads", 1)
                                            if isinstance(opencv_threads, _FromConfig) else opencv_threads)
         self.ignore_stop_signals = (bool(dask.config.get("daskimg.worker.ignore-stop-signals", True))
                                     if ignore_stop_signals is None else ignore_stop_signals)
+        self.freeze_imports = (bool(dask.config.get("daskimg.worker.freeze-imports", True))
+                               if freeze_imports is None else freeze_imports)
 
     def setup(self, worker: Any) -> None:
         if self.opencv_threads is not None:
@@ -86,6 +114,10 @@ class WorkerTuning(WorkerPlugin):
             cv2.setNumThreads(int(self.opencv_threads))
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
         logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
+        if self.freeze_imports:
+            for module in WORKER_IMPORTS:
+                importlib.import_module(module)
+            gc.freeze()
         if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
@@ -157,15 +189,26 @@ def run_client(
             yield local
 
 
-def _local_cluster_config() -> dict[str, object]:
-    """Dask's ``distributed.nanny.pre-spawn-environ`` for a cluster daskimg starts, less what the caller set.
+# daskimg.local-cluster.pre-spawn-environ: see the module; null removes a variable Dask would set.
+LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}
 
-    Those variables must be in a worker's environment as its C libraries start
-    (``MALLOC_TRIM_THRESHOLD_``, ``OMP_NUM_THREADS`` ...). A variable the caller has set
-    in this process's environment is left out, so that the workers inherit the caller's value.
+
+def _local_cluster_config() -> dict[str, object]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` for a cluster daskimg starts.
+
+    Those variables must be in a worker's environment as its C libraries start. Dask's are
+    updated with ``daskimg.local-cluster.pre-spawn-environ`` (see the module); then a variable
+    the caller has set in this process's environment is left out, so that the workers inherit
+    the caller's value.
     """
-    configured = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    return {"distributed.nanny.pre-spawn-environ": {k: v for k, v in configured.items() if k not in os.environ}}
+    environ: dict[str, object] = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    own = {**LOCAL_PRE_SPAWN_ENVIRON, **dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})}
+    for key, value in own.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return {"distributed.nanny.pre-spawn-environ": {k: v for k, v in environ.items() if k not in os.environ}}
 
 
 @contextlib.contextmanager
