@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -181,8 +182,14 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Run the CLI; returns the exit status.
+
+    ``own_process`` says that this process is the command's alone (:func:`entry_point`): once
+    the imports are done, what they made is frozen (``gc.freeze``), so that the collector's
+    full collections during the run (the scheduler of a local cluster runs in this process)
+    and the last one at exit no longer walk those millions of long-lived objects.
+    """
     p = parser()
     args = p.parse_args(argv)
     _log_to_stderr()
@@ -200,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
         from .job import read_urls
 
+        if own_process:
+            gc.freeze()
         with _table(args, p) as (table, output):
             job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format)
             job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
@@ -224,8 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> NoReturn:
-    """The ``daskimg`` command and ``python -m daskimg``: :func:`main`, then exit with its status."""
-    sys.exit(main())
+    """The ``daskimg`` command and ``python -m daskimg``: :func:`main` in a process of its own, then exit
+    with its status (``atexit`` handlers run as usual)."""
+    code = main(own_process=True)
+    gc.freeze()  # what the run made too: the collection at exit would walk it all, to free nothing
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -170,23 +170,41 @@ def run_client(
         yield current
         return
     tuning = WorkerTuning()
-    with _environ_kept(), dask.config.set(_local_cluster_config()):
-        # Workers started now inherit the ignored signals before they could act on one; a worker the
-        # nanny restarts later ignores them from the plugin's setup on.
+    n_workers = workers or default_workers()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_environ_kept())
+        stack.enter_context(dask.config.set(_local_cluster_config()))
+        # Workers started meanwhile inherit the ignored signals before they could act on one; a worker
+        # the nanny restarts later ignores them from the plugin's setup on.
         with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
-            cluster = LocalCluster(
-                n_workers=workers or default_workers(),
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=0,
                 threads_per_worker=threads_per_worker,
                 processes=True,
-                dashboard_address=dashboard_address,
-                # Without a dashboard the scheduler still serves /health and /metrics, by default on
-                # port 8787, which may be taken (another cluster's dashboard): any free port then.
-                scheduler_kwargs=None if dashboard_address else {"dashboard_address": ":0"},
+                # The scheduler serves /health and /metrics there even without a dashboard (then on any
+                # free port: Dask's default, 8787, may be another cluster's).
+                dashboard_address=dashboard_address or ":0",
+                scheduler_kwargs={"dashboard": False},  # built below, while the workers start
                 silence_logs=logging.ERROR,
-            )
-        with cluster, Client(cluster) as local:
-            local.register_plugin(tuning)
-            yield local
+            ))
+            local = stack.enter_context(Client(cluster))
+            cluster.scale(n_workers)
+            if dashboard_address:
+                local.run_on_scheduler(_build_dashboard)
+            local.wait_for_workers(n_workers, timeout="120s")
+        local.register_plugin(tuning)
+        yield local
+
+
+def _build_dashboard(dask_scheduler: Any = None) -> None:
+    """The Bokeh dashboard of a scheduler started without it, built as the scheduler builds its own.
+
+    It takes about half a second of the scheduler's time; a scheduler started with it would
+    spend that before any worker could start.
+    """
+    from distributed.dashboard.scheduler import connect
+
+    connect(dask_scheduler.http_application, dask_scheduler.http_server, dask_scheduler, prefix="/")
 
 
 # daskimg.local-cluster.pre-spawn-environ: see the module; null removes a variable Dask would set.
