@@ -173,6 +173,7 @@ def run_client(
     n_workers = workers or default_workers()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_environ_kept())
+        stack.enter_context(_quiet_dashboard_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))
         # Workers started meanwhile inherit the ignored signals before they could act on one; a worker
         # the nanny restarts later ignores them from the plugin's setup on.
@@ -194,6 +195,37 @@ def run_client(
             local.wait_for_workers(n_workers, timeout="120s")
         local.register_plugin(tuning)
         yield local
+
+
+class _SessionlessDisconnect(logging.Filter):
+    """Drops Bokeh's ``AssertionError`` when a browser leaves a dashboard page before its session began.
+
+    Bokeh's websocket handler asks for the session of a connection that never got one
+    (``bokeh/server/connection.py``: ``assert self._session is not None``), and tornado logs
+    the traceback as an uncaught error: a page opened and closed again, nothing broken.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None or not isinstance(record.exc_info[1], AssertionError):
+            return True
+        tb = record.exc_info[2]
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+        return not where.replace("\\", "/").endswith("bokeh/server/connection.py")
+
+
+@contextlib.contextmanager
+def _quiet_dashboard_disconnects() -> Iterator[None]:
+    """While a local cluster runs (its scheduler, with the dashboard, runs in this process): see
+    :class:`_SessionlessDisconnect`. The filter is removed afterwards."""
+    logger = logging.getLogger("tornado.application")
+    quiet = _SessionlessDisconnect()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _build_dashboard(dask_scheduler: Any = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -319,3 +320,51 @@ def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomple
                  .preprocess(size=24).to_zarr(str(tmp_path / "ref.zarr"), client=client, progress=False))
     assert reference.complete
     np.testing.assert_array_equal(result.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (.ci/run installs it)")
+def test_a_browser_opening_and_closing_the_dashboard_prints_nothing_into_the_run(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=1000&browser={i}\n") for i in range(160)))
+    port = _free_port()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "daskimg", str(urls), str(tmp_path / "out.zarr"), "--size", "32", "--chunk", "8",
+         "--concurrency", "2", "--allow-private-network", "--no-progress", "--dashboard-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out.zarr" / "metadata").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Busy cores, as in a run that decodes: Bokeh then takes longer to set a page's session up than the
+    # browser stays, and the page is closed before its session began.
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        pages = []
+        for page, seconds in [("status", 1), ("status", 2), ("workers", 3), ("status", 4)]:
+            browser = subprocess.run(
+                ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                 f"--virtual-time-budget={seconds * 1000}", "--dump-dom", f"http://127.0.0.1:{port}/{page}"],
+                capture_output=True, text=True, timeout=120,
+            )
+            pages.append("<title>Dask" in browser.stdout and "bokeh.min.js" in browser.stdout)
+    finally:
+        for hog in busy:
+            hog.kill()
+            hog.wait()
+    assert run.poll() is None, "the run ended before the browser was done: nothing was tested"
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    assert pages == [True] * 4  # the dashboard's pages, with Bokeh's scripts that open a session
+    lines = stderr.strip().splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["daskimg", "daskimg"], stderr  # the job, the link
+    assert "ok 160" in stdout
