@@ -6,9 +6,14 @@ costs CPU of its own), and times on the same URL list:
 
 * ``limit``: the decode limit with daskimg's own decoders, one process per core decoding,
   cropping and resizing bytes already in memory (no network, no writes);
-* ``daskimg``: ``python -m daskimg.run URLS OUT --size SIZE --allow-private-network``;
+* ``daskimg``: ``python -m daskimg URLS OUT --size SIZE --allow-private-network``;
 * ``img2dataset``: when an ``img2dataset`` executable is given or on PATH, with 64 threads
-  per core and the same size and crop.
+  per core and the same size and crop;
+* ``daft``: when a Python with Daft is given (``--daft``), ``daft_pipeline.py``: Daft's own
+  download, decode, crop and resize.
+
+Each contender first runs once, untimed, on ``--warmup`` other URLs, so that the timed run
+measures a warm machine (imports and files in the page cache), as every run but the first is.
 
 Wall time includes start-up; peak memory is the largest sum of PSS over the contender's
 process tree, sampled every 0.2 s.
@@ -16,7 +21,8 @@ process tree, sampled every 0.2 s.
 ``--silent-share 0.005`` points that share of the URLs, spread evenly, at a server that
 accepts connections and never answers: the web's dead hosts, which a real URL list has.
 
-    python benchmarks/run.py [--count 10000] [--size 128] [--only limit,daskimg,img2dataset]
+    python benchmarks/run.py [--count 10000] [--size 128] [--only limit,daskimg,img2dataset,daft]
+        [--img2dataset PATH] [--daft PYTHON]
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import argparse
 import contextlib
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -189,13 +197,42 @@ def decode_limit(corpus: Path, count: int, size: int) -> float:
         return done / (time.perf_counter() - start)
 
 
+def _commands(a: argparse.Namespace, wanted: list[str]) -> dict[str, Callable[[Path, Path], list[str]]]:
+    """Per contender, its command for a URL list and an output path (without the suffix)."""
+    commands: dict[str, Callable[[Path, Path], list[str]]] = {}
+    if "daskimg" in wanted:
+        commands["daskimg"] = lambda urls, out: [
+            sys.executable, "-m", "daskimg", str(urls), f"{out}.zarr", "--size", str(a.size),
+            "--allow-private-network", "--dashboard-address", ":0"]
+    if "img2dataset" in wanted and a.img2dataset:
+        commands["img2dataset"] = lambda urls, out: [
+            a.img2dataset, "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(out),
+            "--output_format", "files", "--image_size", str(a.size), "--resize_mode", "center_crop",
+            "--processes_count", str(os.cpu_count() or 1), "--thread_count", "64", "--number_sample_per_shard",
+            "1000", "--disallowed_header_directives", "[]", "--timeout", "10"]
+    if "daft" in wanted and a.daft:
+        commands["daft"] = lambda urls, out: [
+            a.daft, str(Path(__file__).with_name("daft_pipeline.py")), str(urls), f"{out}.npy", "--size", str(a.size)]
+    return commands
+
+
+def _clear(out: Path) -> None:
+    for path in (out, out.with_name(f"{out.name}.zarr"), out.with_name(f"{out.name}.npy")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=10000, help="URLs in the list (files repeat, URLs do not)")
     ap.add_argument("--files", type=int, default=2000, help="distinct images in the corpus")
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--only", default="limit,daskimg,img2dataset")
+    ap.add_argument("--only", default="limit,daskimg,img2dataset,daft")
     ap.add_argument("--img2dataset", default=shutil.which("img2dataset"), help="img2dataset executable, if any")
+    ap.add_argument("--daft", help="a Python interpreter with Daft installed (pip install daft numpy), if any")
+    ap.add_argument("--warmup", type=int, default=200, help="URLs each contender runs untimed first (0: none)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "daskimg-benchmark")
     ap.add_argument("--silent-share", type=float, default=0.0,
                     help="share of the URLs that go to a server that never answers (e.g. 0.005)")
@@ -216,23 +253,19 @@ def main() -> None:
     silent = SilentServer()
     every = round(1 / a.silent_share) if a.silent_share > 0 else 0
     try:
-        urls = work / "urls.txt"
+        urls, warmup = work / "urls.txt", work / "warmup.txt"
         urls.write_text("".join(f"{silent.url if every and i % every == every - 1 else base}/{names[i % len(names)]}"
                                 f"?i={i}\n" for i in range(a.count)))
-        if "daskimg" in wanted:
-            out = work / "daskimg.zarr"
-            shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "daskimg.run", str(urls), str(out), "--size", str(a.size),
-                   "--allow-private-network", "--dashboard-address", ":0"]
-            results["daskimg"] = measured(cmd, work / "daskimg.log")
-        if "img2dataset" in wanted and a.img2dataset:
-            out = work / "img2dataset"
-            shutil.rmtree(out, ignore_errors=True)
-            cmd = [a.img2dataset, "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(out),
-                   "--output_format", "files", "--image_size", str(a.size), "--resize_mode", "center_crop",
-                   "--processes_count", str(os.cpu_count() or 1), "--thread_count", "64",
-                   "--number_sample_per_shard", "1000", "--disallowed_header_directives", "[]", "--timeout", "10"]
-            results["img2dataset"] = measured(cmd, work / "img2dataset.log")
+        warmup.write_text("".join(f"{base}/{names[i % len(names)]}?warmup={i}\n" for i in range(a.warmup)))
+        for name, command in _commands(a, wanted).items():
+            out = work / name
+            if a.warmup:  # caches and imports warm, as they are for every run but a machine's first
+                _clear(out)
+                print(f"# {name} warm-up: {shlex.join(command(warmup, out))}", flush=True)
+                subprocess.run(command(warmup, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            _clear(out)
+            print(f"# {name}: {shlex.join(command(urls, out))}", flush=True)
+            results[name] = measured(command(urls, out), work / f"{name}.log")
     finally:
         silent.close()
         if isinstance(server, subprocess.Popen):
@@ -250,7 +283,7 @@ def main() -> None:
         wall, peak = r.get("wall_s", float("nan")), r.get("peak_mib", float("nan"))
         print(f"{name:12s} {r['img_s']:8.1f} {wall:8.1f} {peak:9.0f}")
     if "daskimg" in results:
-        for other in ("limit", "img2dataset"):
+        for other in ("limit", "img2dataset", "daft"):
             if other in results:
                 print(f"daskimg / {other}: {results['daskimg']['img_s'] / results[other]['img_s']:.2f}")
 

@@ -185,7 +185,7 @@ def main() -> None:
         print(f"input: {args.rows} rows as {args.format} in {time.monotonic() - t:.0f} s", file=sys.stderr)
         port = _free_port()
         out = work / "out.zarr"
-        cmd = [sys.executable, "-m", "daskimg.run", table, str(out), "--size", "32", "--allow-private-network",
+        cmd = [sys.executable, "-m", "daskimg", table, str(out), "--size", "32", "--allow-private-network",
                "--dashboard-address", f"127.0.0.1:{port}", *args.daskimg_args.split()]
         probe = None if args.no_task_count else port
         results = {"rows": args.rows, "format": args.format, "run": run_once(cmd, out, probe, args.stop_after)}

@@ -32,6 +32,7 @@ def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo.zarr"
     done = cli("--demo", str(out), "--size", "64", *QUIET)
@@ -56,6 +57,7 @@ def test_the_other_ways_to_call_the_command(command: list[str]) -> None:
     assert done.stdout.strip() == f"daskimg {daskimg.__version__}"
 
 
+@pytest.mark.slow
 def test_pad_letterboxes_with_the_fill_colour(tmp_path: Path) -> None:
     out = tmp_path / "pad.zarr"
     done = cli("--demo", str(out), "--size", "48", "--resize-mode", "pad", "--fill", "255,0,0", *QUIET)
@@ -75,6 +77,7 @@ entry_point()
 """
 
 
+@pytest.mark.slow
 def test_the_callers_atexit_handlers_run_after_the_command(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", _ATEXIT, str(tmp_path / "out.zarr")], capture_output=True,
                           text=True, timeout=180)
@@ -171,6 +174,7 @@ def hand_made_cluster(tmp_path: Path) -> Iterator[HandMadeCluster]:
             p.wait(30)
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
     tmp_path: Path, server: FaultServer, hand_made_cluster: HandMadeCluster
@@ -190,6 +194,7 @@ def test_a_hand_started_cluster_gives_the_same_output_as_the_local_default(
     assert (meta_b["status"] == "ok").sum() == 40
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_kill_9_of_a_worker_mid_run_changes_nothing_in_the_output(
     tmp_path: Path, server: FaultServer, hand_made_cluster: HandMadeCluster
@@ -221,6 +226,7 @@ def test_kill_9_of_a_worker_mid_run_changes_nothing_in_the_output(
     assert (meta_a["status"] == "ok").all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["ctrl-c-to-the-group", "sigterm-to-the-command"])
 def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
@@ -283,6 +289,7 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
     np.testing.assert_array_equal(images.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomplete(
     tmp_path: Path, server: FaultServer, client: Client, seed: int
@@ -330,6 +337,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (.ci/run installs it)")
 def test_a_browser_opening_and_closing_the_dashboard_prints_nothing_into_the_run(
     tmp_path: Path, server: FaultServer

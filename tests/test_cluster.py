@@ -12,6 +12,8 @@ from distributed import Client
 
 from daskimg.cluster import run_client
 
+pytestmark = pytest.mark.slow  # clusters and kernels in processes of their own
+
 # Each script runs in a process of its own: in this one the test session's client is the active
 # client, which run_client would (rightly) use instead of starting a cluster.
 

@@ -55,7 +55,7 @@ def test_public_api_is_pinned() -> None:
 def test_the_benchmark_a_user_runs_works(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--count", "40", "--files", "20", "--size", "32",
-         "--only", "limit,daskimg", "--workdir", str(tmp_path)],
+         "--only", "limit,daskimg", "--warmup", "10", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
