@@ -13,7 +13,6 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     (Slurm), reach the whole process group; only the client should act on them, by finishing
     the chunks it can, then closing the cluster (the nanny stops its workers through a queue,
     and with SIGKILL if that fails).
-
 ``daskimg.worker.freeze-imports`` (default true)
     Each worker imports daskimg's stages as it starts, then freezes what it has imported
     (``gc.freeze``): the garbage collector's full collections no longer walk those millions of
@@ -267,18 +266,17 @@ def _environ_kept() -> Iterator[None]:
 
     A local cluster's nannies run in this process, and set the variables their workers
     should start with in its environment (Dask's pre-spawn environment, ``PYTHONHASHSEED``
-    ...). Each variable set or changed during the block is put back.
+    ...). Each variable set, changed or removed during the block is put back as it was.
     """
     before = dict(os.environ)
     try:
         yield
     finally:
-        for key, value in list(os.environ.items()):
-            if before.get(key) != value:
-                if key in before:
-                    os.environ[key] = before[key]
-                else:
-                    del os.environ[key]
+        for key in os.environ.keys() - before.keys():
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
