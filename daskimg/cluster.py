@@ -112,7 +112,10 @@ class WorkerTuning(WorkerPlugin):
 
             cv2.setNumThreads(int(self.opencv_threads))
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
-        logging.getLogger("distributed.worker").addFilter(_HeartbeatAtClose(worker))
+        logger = logging.getLogger("distributed.worker")
+        for old in [f for f in logger.filters if isinstance(f, _HeartbeatAtClose)]:  # registered again
+            logger.removeFilter(old)
+        logger.addFilter(_HeartbeatAtClose(worker))
         if self.freeze_imports:
             for module in WORKER_IMPORTS:
                 importlib.import_module(module)

@@ -183,3 +183,18 @@ def test_closing_the_local_cluster_prints_no_heartbeat_error(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["closed"]
     assert done.stderr == ""
+
+
+def test_worker_tuning_registered_twice_keeps_one_log_filter(client: Client) -> None:
+    """On a cluster of the user's own, registering the plugin again changes nothing more."""
+    import logging
+
+    from daskimg.cluster import WorkerTuning
+
+    def filters() -> int:
+        return sum(type(f).__name__ == "_HeartbeatAtClose" for f in logging.getLogger("distributed.worker").filters)
+
+    for _ in range(2):
+        client.register_plugin(WorkerTuning(opencv_threads=None, ignore_stop_signals=False, freeze_imports=False))
+    assert set(client.run(filters).values()) == {1}
+    client.unregister_worker_plugin(WorkerTuning.name)
