@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
 import signal
 import sys
@@ -55,6 +56,16 @@ def _triple(text: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
+def _storage_options(text: str) -> dict[str, Any]:
+    try:
+        options = json.loads(text)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):  # (the text may hold secrets: it is not repeated)
+        raise argparse.ArgumentTypeError("expected a JSON object, as in '{\"anon\": true}'")
+    return options
+
+
 def _color(text: str) -> tuple[int, int, int]:
     r, g, b = _triple(text)
     return int(r), int(g), int(b)
@@ -79,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--url-col", default="url", help="column holding the URLs (default: url); other columns are "
                    "carried into the metadata")
     g.add_argument("--input-format", choices=INPUT_FORMATS, help="override the format guessed from the suffix")
+    g.add_argument("--storage-options", type=_storage_options, metavar="JSON",
+                   help="fsspec storage options for INPUT and OUTPUT, e.g. '{\"endpoint_url\": \"http://minio:9000\", "
+                   "\"key\": \"...\", \"secret\": \"...\"}' for an S3-compatible store; they reach every worker")
+    g.add_argument("--input-storage-options", type=_storage_options, metavar="JSON",
+                   help="storage options for INPUT only (instead of --storage-options)")
+    g.add_argument("--output-storage-options", type=_storage_options, metavar="JSON",
+                   help="storage options for OUTPUT only (instead of --storage-options)")
 
     g = p.add_argument_group("image")
     g.add_argument("--size", type=int, help="output height and width in pixels (default 224)")
@@ -210,7 +228,8 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         if own_process:
             gc.freeze()
         with _table(args, p) as (table, output):
-            job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format)
+            job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format,
+                            storage_options=args.input_storage_options or args.storage_options)
             job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
 
             def announce(client: Any) -> None:
@@ -219,6 +238,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
 
             summary = job.run(
                 output, format=args.format, compression=args.compression, overwrite=args.overwrite,
+                storage_options=args.output_storage_options or args.storage_options,
                 scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
                 dashboard_address=args.dashboard_address, progress=not args.no_progress, on_client=announce,
             )

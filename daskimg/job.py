@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -66,6 +66,7 @@ def read_urls(
     url_col: str = "url",
     chunk: int | None = None,
     input_format: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Job:
     """Start a job from a URL table: a path, glob or directory (any fsspec URL), a list, or a DataFrame.
 
@@ -84,10 +85,15 @@ def read_urls(
         (set later with :meth:`Job.preprocess`).
     input_format
         Override the format guessed from the file suffix.
+    storage_options
+        fsspec's options for the files of ``table`` (credentials, endpoint ...: for S3,
+        e.g. ``{"key": ..., "secret": ..., "endpoint_url": ...}``). They go with the tasks
+        to every worker, also of a cluster started elsewhere, and are never shown.
     """
     if chunk is not None and chunk <= 0:
         raise ConfigError(f"chunk must be a positive number of rows, got {chunk}")
-    return Job(plan_source(table, url_col=url_col, input_format=input_format), chunk=chunk)
+    source = plan_source(table, url_col=url_col, input_format=input_format, storage_options=storage_options)
+    return Job(source, chunk=chunk)
 
 
 @dataclass(frozen=True)
@@ -147,13 +153,14 @@ class Job:
         }
 
     def prepare(self, path: str, *, format: OutputFormat = "zarr", compression: str = DEFAULT_COMPRESSION,
-                overwrite: bool = False) -> Output:
+                overwrite: bool = False, storage_options: Mapping[str, Any] | None = None) -> Output:
         """Create (or reopen, to resume) the output at ``path``; the job's rows must be counted."""
         p = self.preprocess_options
         dims = ("channel", "y", "x") if p.channels_first else ("y", "x", "channel")
         return prepare_output(
             path, format=format, n_rows=self.source.n_rows, chunk=self.rows_per_chunk, shape=p.shape, dtype=p.dtype,
             dim_names=dims, compression=compression, settings=self.settings(format, compression), overwrite=overwrite,
+            storage_options=storage_options,
         )
 
     def counted(self) -> Job:
@@ -183,6 +190,7 @@ class Job:
         progress: bool = True,
         on_client: Callable[[Client], None] | None = None,
         chunks: Sequence[int] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> Summary:
         """Run the job: count the rows, then fetch, preprocess and write every chunk not yet done.
 
@@ -192,6 +200,7 @@ class Job:
         those chunk numbers. Returns a :class:`Summary`; chunks that could not be written
         are listed in ``Summary.failed_chunks``. ``on_client`` is called with the client
         once it is connected (the CLI prints the dashboard link from there).
+        ``storage_options`` are fsspec's options for ``path`` (see :func:`read_urls`).
 
         Raises
         ------
@@ -209,7 +218,8 @@ class Job:
             if on_client is not None:
                 on_client(c)
             job = dataclasses.replace(self, source=count_rows(c, self.source, stop))
-            output = job.prepare(path, format=format, compression=compression, overwrite=overwrite)
+            output = job.prepare(path, format=format, compression=compression, overwrite=overwrite,
+                                 storage_options=storage_options)
             listing = output.listing()
             done = output.done_chunks(listing)
             resumed = int(done.sum())

@@ -34,8 +34,8 @@ import json
 import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import fsspec
@@ -74,6 +74,14 @@ class Block:
     first: bool = True  # the block starts the file (csv / tsv: its first line is the header)
     dtypes: tuple[tuple[str, str], ...] = ()  # csv / tsv: column types, from the first file's head
     data: pd.DataFrame | None = None  # memory: the rows themselves
+    # fsspec's storage options for ``path`` (credentials, endpoint ...): the same dict in every block of
+    # a source, shipped with the tasks so that they reach every worker; never shown
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The file system and path of this block's file."""
+        fs, path = fsspec.core.url_to_fs(self.path, **(self.storage_options or {}))
+        return fs, str(path)
 
 
 Piece = tuple[Block, int, int, int]  # a block, the rows counted in it, and a range of them
@@ -168,10 +176,11 @@ def _format_of(path: str) -> str:
     return fmt
 
 
-def _expand(path: str) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]]:
+def _expand(path: str, storage_options: Mapping[str, Any] | None
+            ) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]]:
     """Files behind a path, glob or directory, sorted, with their sizes from the listing."""
     try:
-        fs, _, paths = fsspec.get_fs_token_paths(path)
+        fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=dict(storage_options or {}))
         files: dict[str, int] = {}
         for p in sorted(paths):
             try:
@@ -192,15 +201,17 @@ def _expand(path: str) -> tuple[fsspec.AbstractFileSystem, list[tuple[str, int]]
 
 
 def _text_blocks(fs: fsspec.AbstractFileSystem, files: list[tuple[str, int]], fmt: str,
-                 dtypes: tuple[tuple[str, str], ...]) -> list[Block]:
+                 dtypes: tuple[tuple[str, str], ...], storage_options: Mapping[str, Any] | None) -> list[Block]:
     blocks = []
     for path, size in files:
         url = fs.unstrip_protocol(path)
         if path.endswith(".gz"):
-            blocks.append(Block(fmt, url, 0, None, True, dtypes))  # type: ignore[arg-type]
+            blocks.append(Block(fmt, url, 0, None, True, dtypes,  # type: ignore[arg-type]
+                                storage_options=storage_options))
             continue
         for start in range(0, max(size, 1), BLOCKSIZE):
-            blocks.append(Block(fmt, url, start, BLOCKSIZE, start == 0, dtypes))  # type: ignore[arg-type]
+            blocks.append(Block(fmt, url, start, BLOCKSIZE, start == 0, dtypes,  # type: ignore[arg-type]
+                                storage_options=storage_options))
     return blocks
 
 
@@ -237,8 +248,10 @@ def plan_source(
     *,
     url_col: str = "url",
     input_format: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Source:
-    """Plan the blocks of ``table`` without reading its rows; see the module.
+    """Plan the blocks of ``table`` without reading its rows; see the module. ``storage_options`` go to
+    fsspec for the files of ``table``, here and in every task that reads them.
 
     Raises
     ------
@@ -246,17 +259,18 @@ def plan_source(
         No file matches, the format is unknown, or there is no column ``url_col``.
     """
     if isinstance(table, str):
-        fs, files = _expand(table)
+        fs, files = _expand(table, storage_options)
         fmt = input_format or _format_of(files[0][0])
         if fmt not in INPUT_FORMATS:
             raise InputError(f"input_format must be one of {', '.join(INPUT_FORMATS)}, got {fmt!r}")
         try:
             columns, dtypes = ([url_col], ()) if fmt == "txt" else _columns(fs, files[0][0], fmt)
             if fmt == "parquet":
-                blocks = [Block("parquet", fs.unstrip_protocol(p), -1) for p, _ in files]
+                blocks = [Block("parquet", fs.unstrip_protocol(p), -1, storage_options=storage_options)
+                          for p, _ in files]
             else:
                 dtypes = tuple((c, t) for c, t in dtypes if c != url_col)
-                blocks = _text_blocks(fs, files, fmt, dtypes)
+                blocks = _text_blocks(fs, files, fmt, dtypes, storage_options)
         except (OSError, ValueError, EOFError) as e:
             raise InputError(f"cannot read {table}: {one_line(e)}") from None
         source = Source(table, url_col, tuple(blocks))
@@ -292,7 +306,7 @@ def count_block(block: Block) -> list[tuple[Block, int]]:
     if block.kind == "parquet":
         import pyarrow.parquet as pq
 
-        fs, path = fsspec.core.url_to_fs(block.path)
+        fs, path = block.filesystem()
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         return [(dataclasses.replace(block, start=g), meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
@@ -305,7 +319,7 @@ def count_block(block: Block) -> list[tuple[Block, int]]:
 
 def _block_bytes(block: Block) -> bytes:
     """A text block's bytes: its lines whole (they belong to the block they start in), or the whole file."""
-    fs, path = fsspec.core.url_to_fs(block.path)
+    fs, path = block.filesystem()
     if block.length is None:
         with fs.open(path, "rb", compression="gzip" if path.endswith(".gz") else None) as f:
             return bytes(f.read())
@@ -319,12 +333,12 @@ def read_block(block: Block, url_col: str) -> pd.DataFrame | pa.Table:
     if block.kind == "parquet":
         import pyarrow.parquet as pq
 
-        fs, path = fsspec.core.url_to_fs(block.path)
+        fs, path = block.filesystem()
         with fs.open(path, "rb") as f:
             return pq.ParquetFile(f).read_row_group(block.start)  # Arrow: compact while cached
     data = _block_bytes(block)
     if block.kind in ("csv", "tsv") and not block.first:  # the file's header line names the columns
-        fs, path = fsspec.core.url_to_fs(block.path)
+        fs, path = block.filesystem()
         data = _first_line(fs, path) + data
     if block.kind == "txt":
         lines = data.decode("utf-8", errors="replace").split("\n")

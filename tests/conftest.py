@@ -9,6 +9,8 @@ from PIL import Image
 
 from daskimg.demo import IMAGES
 
+from .s3 import S3
+from .s3 import start as start_s3
 from .server import FaultServer
 
 
@@ -53,3 +55,11 @@ def client() -> Iterator[Client]:
         Client(cluster) as c,
     ):
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """A real S3 API (moto's server) on loopback; buckets are made by the tests that need them."""
+    server = start_s3()
+    yield server
+    server.server.stop()

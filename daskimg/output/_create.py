@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import fsspec
@@ -33,6 +34,7 @@ def prepare_output(
     compression: str,
     settings: dict[str, Any],
     overwrite: bool,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Output:
     """Create the output, or reopen it for resuming when it was made with the same settings.
 
@@ -46,7 +48,7 @@ def prepare_output(
         raise OutputError(f"output format must be zarr or npy, got {format!r}")
     if compression not in COMPRESSIONS:
         raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
-    out = Output(path, format, chunk, n_rows)
+    out = Output(path, format, chunk, n_rows, storage_options=storage_options)
     fs, root = out._fs
     if _exists(fs, root):
         previous = out.read_settings()
@@ -87,7 +89,7 @@ def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[st
         fs, root = out._fs
         fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
         return
-    group = zarr.open_group(out.path, mode="w", zarr_format=3)
+    group = zarr.open_group(out.path, mode="w", zarr_format=3, **out.zarr_options)
     group.create_array(
         "images", shape=(out.n_rows, *shape), chunks=(out.chunk, *shape), dtype=dtype,
         dimension_names=("image", *dim_names), compressors=compressor(compression), fill_value=0,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import pandas as pd
 import zarr
 
@@ -18,7 +18,8 @@ __all__ = ["LAZY_ROWS", "open_output"]
 LAZY_ROWS = 2**22  # open() gives the metadata as a Dask DataFrame beyond this many rows
 
 
-def open_output(path: str, *, lazy: bool | None = None) -> tuple[Any, Any]:
+def open_output(path: str, *, lazy: bool | None = None,
+                storage_options: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """Open a finished (or partial) output: a Dask array of images and the metadata table.
 
     Parameters
@@ -28,6 +29,8 @@ def open_output(path: str, *, lazy: bool | None = None) -> tuple[Any, Any]:
     lazy
         Give the metadata as a Dask DataFrame (True) or a pandas DataFrame (False); by
         default lazily beyond ``LAZY_ROWS`` (4,194,304) rows.
+    storage_options
+        fsspec's options for ``path`` (credentials, endpoint ...), as for :meth:`daskimg.Job.run`.
 
     Returns
     -------
@@ -39,24 +42,25 @@ def open_output(path: str, *, lazy: bool | None = None) -> tuple[Any, Any]:
     """
     import dask.array as da
 
-    fs, root = fsspec.core.url_to_fs(path)
-    root = root.rstrip("/")
+    probe = Output(path, "zarr", 1, 0, storage_options=storage_options)
+    fs, root = probe._fs
     if fs.exists(f"{root}/{NPY_SETTINGS}"):
         settings = json.loads(fs.cat_file(f"{root}/{NPY_SETTINGS}"))["settings"]
-        out = Output(path, "npy", settings["chunk"], settings["rows"])
+        out = Output(path, "npy", settings["chunk"], settings["rows"], storage_options=storage_options)
         images = _npy_images(out, settings)
     else:
         try:
-            array = zarr.open_array(path, path="images", mode="r")
+            array = zarr.open_array(path, path="images", mode="r", **probe.zarr_options)
         except FileNotFoundError:
             raise OutputError(f"{path} is not a daskimg output") from None
         images = da.from_zarr(array)
-        out = Output(path, "zarr", array.chunks[0], array.shape[0])
+        out = Output(path, "zarr", array.chunks[0], array.shape[0], storage_options=storage_options)
     files = out.listing().files()
     if lazy or (lazy is None and out.n_rows > LAZY_ROWS):
         import dask.dataframe as dd
 
-        return images, dd.read_parquet([fs.unstrip_protocol(f) for f in files])
+        return images, dd.read_parquet([fs.unstrip_protocol(f) for f in files],
+                                       storage_options=dict(storage_options or {}))
     meta = pd.concat([pd.read_parquet(f, filesystem=fs) for f in files], ignore_index=True) if files else (
         pd.DataFrame({name: pd.Series(dtype=t.to_pandas_dtype()) for name, t in zip(
             META_SCHEMA.names, META_SCHEMA.types, strict=True)}))

@@ -32,7 +32,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,11 +105,19 @@ class Output:
     n_rows: int
     id: str = ""  # made anew each time the output is created: tells a reopened output from a replaced one
     group_rows: int = dataclasses.field(default_factory=lambda: GROUP_ROWS)  # rows a compacted metadata file holds
+    # fsspec's storage options for ``path`` (credentials, endpoint ...): shipped with the tasks, never shown
+    storage_options: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.path)
+        fs, root = fsspec.core.url_to_fs(self.path, **(self.storage_options or {}))
         return fs, root.rstrip("/")
+
+    @property
+    def zarr_options(self) -> dict[str, Any]:
+        """What zarr's ``open_*`` functions need besides the path (zarr refuses storage options for a local path)."""
+        local = isinstance(self._fs[0], LocalFileSystem)
+        return {"storage_options": dict(self.storage_options)} if self.storage_options and not local else {}
 
     def _put(self, relpath: str, data: bytes | memoryview) -> None:
         """Write ``data`` so that readers see all of it or nothing."""
@@ -253,7 +261,7 @@ class Output:
         """Pixels and flags of chunk ``k``, its metadata part, and its done marker unless a row is deferred."""
         start = k * self.chunk
         if self.format == "zarr":
-            array, flags, encode = _open_arrays(self.path, self.id)
+            array, flags, encode = _open_arrays(self)
             stop = start + len(images)
             if encode is not None and len(images) == self.chunk:
                 self._put(f"images/{array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))}",
@@ -277,7 +285,7 @@ class Output:
         """Chunk ``k`` as written: pixels and flags (writable copies), and its metadata part."""
         fs, root = self._fs
         if self.format == "zarr":
-            array, flags, _ = _open_arrays(self.path, self.id)
+            array, flags, _ = _open_arrays(self)
             start = k * self.chunk
             stop = start + self._rows(k)
             images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
@@ -295,7 +303,7 @@ class Output:
             except FileNotFoundError:
                 return None
         try:
-            attrs = zarr.open_group(self.path, mode="r").attrs.asdict()
+            attrs = zarr.open_group(self.path, mode="r", **self.zarr_options).attrs.asdict()
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError, ValueError):
             return None
         record = attrs.get(_ATTR)
@@ -305,7 +313,7 @@ class Output:
         if self.format == "npy":
             self._put(NPY_SETTINGS, json.dumps(record, indent=2).encode())
         else:
-            zarr.open_group(self.path, mode="r+").attrs[_ATTR] = record
+            zarr.open_group(self.path, mode="r+", **self.zarr_options).attrs[_ATTR] = record
 
     def status_counts(self, listing: Listing | None = None) -> dict[str, int]:
         """Counts by status over every written metadata file, from their footers."""
@@ -330,7 +338,7 @@ def _file_counts(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=8)
 def _open_arrays(
-    path: str, output_id: str
+    out: Output,
 ) -> tuple[zarr.Array[Any], zarr.Array[Any], Callable[[np.ndarray], bytes | memoryview] | None]:
     """The output's two arrays and the images' chunk encoder, made once per worker process and
     output (an overwritten output at the same path has a new id, so its new shape and dtype are
@@ -340,8 +348,9 @@ def _open_arrays(
     (a full comparison of megabytes of pixels) is pure cost.
     """
     config = {"write_empty_chunks": True}
-    images = zarr.open_array(path, path="images", mode="r+", config=config)
-    return images, zarr.open_array(path, path="ok", mode="r+", config=config), _chunk_encoder(images)
+    images = zarr.open_array(out.path, path="images", mode="r+", config=config, **out.zarr_options)
+    ok = zarr.open_array(out.path, path="ok", mode="r+", config=config, **out.zarr_options)
+    return images, ok, _chunk_encoder(images)
 
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}

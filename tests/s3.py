@@ -1,0 +1,35 @@
+"""A real S3 API on loopback: moto's server, in a thread of the test process."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from moto.server import ThreadedMotoServer
+
+
+@dataclass
+class S3:
+    endpoint: str
+    server: ThreadedMotoServer
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """What a user passes as storage options: the only place the credentials are."""
+        return {"key": "daskimg-test-key", "secret": "daskimg-test-secret", "endpoint_url": self.endpoint,
+                "client_kwargs": {"region_name": "eu-west-1"}}
+
+    def filesystem(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.options, skip_instance_cache=True)
+
+
+def start() -> S3:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return S3(f"http://127.0.0.1:{port}", server)
