@@ -13,7 +13,7 @@ and a message in the metadata table), never an exception::
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DaskimgError", "InputError", "Interrupted", "OutputError"]
+__all__ = ["ConfigError", "DaskimgError", "InputError", "Interrupted", "OutputError", "cause", "one_line"]
 
 
 class DaskimgError(Exception):
@@ -41,3 +41,24 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def one_line(error: BaseException) -> str:
+    """Library errors can span lines (dask wraps them); the user gets one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1].removeprefix("Original Message: ") if lines else type(error).__name__
+
+
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"})
+
+
+def cause(error: BaseException) -> str:
+    """What a storage library's error means, in one line for the user (botocore's errors, among others,
+    are no ``OSError`` and name themselves by their type)."""
+    name, text = type(error).__name__, one_line(error)
+    if name in _NO_CREDENTIALS:
+        return (f"no credentials for the store ({text}); pass them with --storage-options (storage_options=) "
+                "or the store's own environment variables")
+    if isinstance(error, OSError) and not type(error).__module__.startswith(("botocore", "aiobotocore")):
+        return text
+    return f"{name}: {text}"

@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .errors import InputError
+from ._storage import missing_bucket
+from .errors import InputError, cause, one_line
 from .options import INPUT_FORMATS
 
 __all__ = ["BLOCKSIZE", "Block", "Piece", "Source", "count_block", "plan_source", "read_block", "read_rows"]
@@ -193,10 +194,11 @@ def _expand(path: str, storage_options: Mapping[str, Any] | None
                         files[f] = int(entry.get("size") or 0)
             else:
                 files[p] = int(info.get("size") or 0)
-    except (OSError, ValueError, ImportError) as e:
-        raise InputError(f"cannot read {path}: {one_line(e)}") from None
+    except Exception as e:  # botocore's and gcsfs's errors are no OSError: any failure here means "unreadable"
+        raise InputError(f"cannot read {path}: {cause(e)}") from None
     if not files:
-        raise InputError(f"no input file matches {path}")
+        bucket = missing_bucket(fs, path)
+        raise InputError(f"no input file matches {path}" + (f": bucket {bucket!r} does not exist" if bucket else ""))
     return fs, sorted(files.items())
 
 
@@ -419,9 +421,3 @@ def read_rows(pieces: Sequence[tuple[Block | pd.DataFrame, int, int, int]], star
             parts.append(whole.iloc[lo:end])
     rows = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     return rows.set_axis(pd.RangeIndex(start, start + len(rows), name="index"))
-
-
-def one_line(error: BaseException) -> str:
-    """Library errors can span lines (dask wraps them); the user gets one."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1].removeprefix("Original Message: ") if lines else type(error).__name__

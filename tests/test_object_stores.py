@@ -81,3 +81,50 @@ def test_python_runs_take_input_and_output_options_apart(
     assert summary.counts == {"ok": len(GOOD)}
     _, meta = daskimg.open(out, storage_options=s3.options)
     assert meta["label"].tolist() == list(range(len(GOOD)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing input bucket", "no input file matches s3://no-such-input/urls.parquet: bucket 'no-such-input' does "
+                                 "not exist"),
+        ("missing output bucket", "cannot create s3://no-such-output/out.zarr: bucket 'no-such-output' does not exist"),
+        ("missing output bucket, npy", "cannot create s3://no-such-npy/out: bucket 'no-such-npy' does not exist"),
+        ("no credentials for the input", "cannot read s3://BUCKET/urls.parquet: no credentials for the store"),
+        ("no credentials for the output",
+         "cannot use s3://BUCKET/out.zarr as the output: no credentials for the store"),
+        ("endpoint unreachable", 'cannot read s3://BUCKET/urls.parquet: EndpointConnectionError: Could not connect to '
+                                 'the endpoint URL'),
+    ],
+)
+def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_made(
+    s3: S3, bucket: str, tmp_path: Path, case: str, message: str
+) -> None:
+    fs = s3.filesystem()
+    with fs.open(f"{bucket}/urls.parquet", "wb") as f:
+        pd.DataFrame({"url": ["http://127.0.0.1:9/a.jpg"]}).to_parquet(f)
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    options = json.dumps(s3.options)
+    unreachable = json.dumps({**s3.options, "endpoint_url": "http://127.0.0.1:9"})
+    args = {
+        "missing input bucket": ["s3://no-such-input/urls.parquet", "out.zarr", "--storage-options", options],
+        "missing output bucket": [f"s3://{bucket}/urls.parquet", "s3://no-such-output/out.zarr",
+                                  "--storage-options", options],
+        "missing output bucket, npy": [f"s3://{bucket}/urls.parquet", "s3://no-such-npy/out", "--format", "npy",
+                                       "--storage-options", options],
+        "no credentials for the input": [f"s3://{bucket}/urls.parquet", "out.zarr"],
+        "no credentials for the output": [str(tmp_path / "urls.txt"), f"s3://{bucket}/out.zarr"],
+        "endpoint unreachable": [f"s3://{bucket}/urls.parquet", "out.zarr", "--storage-options", unreachable],
+    }[case]
+    before = sorted(fs.ls(""))
+    done = subprocess.run([sys.executable, "-m", "daskimg", *args, "--no-progress", "--dashboard-address", ":0"],
+                          capture_output=True, text=True, timeout=300, env=_environment_without_aws(), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith(("daskimg: <", "daskimg: dashboard"))]
+    assert errors == [errors[0]]
+    assert errors[0].startswith(f"daskimg: error: {message.replace('BUCKET', bucket)}"), errors[0]
+    assert "Traceback" not in done.stderr
+    assert s3.options["secret"] not in done.stderr
+    assert sorted(fs.invalidate_cache() or fs.ls("")) == before  # never a bucket made
+    assert not (tmp_path / "out.zarr").exists()

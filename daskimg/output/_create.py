@@ -11,7 +11,8 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import OutputError
+from .._storage import missing_bucket
+from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
 from ._store import Output, OutputFormat, compressor
 
@@ -49,7 +50,21 @@ def prepare_output(
     if compression not in COMPRESSIONS:
         raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     out = Output(path, format, chunk, n_rows, storage_options=storage_options)
+    try:
+        return _prepare(out, shape, dtype, dim_names, compression, settings, overwrite)
+    except OutputError:
+        raise
+    except Exception as e:  # a store's own errors (botocore's are no OSError): the path and the cause, one line
+        raise OutputError(f"cannot use {path} as the output: {cause(e)}") from None
+
+
+def _prepare(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[str, ...], compression: str,
+             settings: dict[str, Any], overwrite: bool) -> Output:
+    path = out.path
     fs, root = out._fs
+    bucket = missing_bucket(fs, root)
+    if bucket is not None:
+        raise OutputError(f"cannot create {path}: bucket {bucket!r} does not exist (daskimg never creates one)")
     if _exists(fs, root):
         previous = out.read_settings()
         if previous is None:
@@ -76,8 +91,8 @@ def prepare_output(
             if fs.exists(root):  # an empty directory made by the user: the output takes its place
                 fs.rmdir(root)
             fs.mv(staged.path, root, recursive=True)
-    except OSError as e:
-        raise OutputError(f"cannot create {path}: {e}") from None
+    except Exception as e:
+        raise OutputError(f"cannot create {path}: {cause(e)}") from None
     finally:
         if local and fs.exists(staged.path):
             fs.rm(staged.path, recursive=True)
@@ -87,7 +102,8 @@ def prepare_output(
 def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[str, ...], compression: str) -> None:
     if out.format == "npy":
         fs, root = out._fs
-        fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
+        if isinstance(fs, LocalFileSystem):  # an object store has no folders (and makedirs would make a bucket)
+            fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
         return
     group = zarr.open_group(out.path, mode="w", zarr_format=3, **out.zarr_options)
     group.create_array(
