@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 from distributed import Client, LocalCluster
 from PIL import Image
@@ -63,3 +71,48 @@ def s3() -> Iterator[S3]:
     server = start_s3()
     yield server
     server.server.stop()
+
+
+BIN = Path(sys.executable).parent
+
+
+def without_aws_settings() -> dict[str, str]:
+    """This process's environment without credentials, endpoint or profile for object stores."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "BOTO"))} | {
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@dataclasses.dataclass
+class HandMadeCluster:
+    address: str
+    nannies: list[subprocess.Popen[bytes]]  # the `dask worker` processes; each runs its worker as a child
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for n in self.nannies for c in psutil.Process(n.pid).children()]
+
+
+@pytest.fixture
+def hand_made_cluster(tmp_path: Path) -> Iterator[HandMadeCluster]:
+    """`dask scheduler` and two `dask worker` processes, as an operator would start them."""
+    file = tmp_path / "scheduler.json"
+    # No credentials, endpoint or profile from the environment: runs that need them pass storage options.
+    env = without_aws_settings()
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--scheduler-file", str(file), "--port", "0",
+                               "--dashboard-address", ":0"], stderr=subprocess.DEVNULL, env=env)]
+    try:
+        for _ in range(200):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(file),
+                                           "--nthreads", "2", "--no-dashboard"], stderr=subprocess.DEVNULL, env=env))
+        address = json.loads(file.read_text())["address"]
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield HandMadeCluster(address, procs[1:])
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(30)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 from distributed import Client
 
 import daskimg
 
+from .conftest import HandMadeCluster
 from .server import FaultServer
 
 BIN = Path(sys.executable).parent
@@ -138,40 +135,6 @@ def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> No
     assert "--overwrite" in refused.stderr
     assert sorted(p.name for p in (out / "metadata").iterdir()) == before
     assert daskimg.open(str(out))[0].shape[1] == 32
-
-
-@dataclasses.dataclass
-class HandMadeCluster:
-    address: str
-    nannies: list[subprocess.Popen[bytes]]  # the `dask worker` processes; each runs its worker as a child
-
-    def worker_pids(self) -> list[int]:
-        return [c.pid for n in self.nannies for c in psutil.Process(n.pid).children()]
-
-
-@pytest.fixture
-def hand_made_cluster(tmp_path: Path) -> Iterator[HandMadeCluster]:
-    """`dask scheduler` and two `dask worker` processes, as an operator would start them."""
-    file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--scheduler-file", str(file), "--port", "0",
-                               "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
-    try:
-        for _ in range(200):
-            if file.exists() and file.stat().st_size:
-                break
-            time.sleep(0.1)
-        for _ in range(2):
-            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(file),
-                                           "--nthreads", "2", "--no-dashboard"], stderr=subprocess.DEVNULL))
-        address = json.loads(file.read_text())["address"]
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
-        yield HandMadeCluster(address, procs[1:])
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(30)
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,16 +16,11 @@ import pytest
 
 import daskimg
 
+from .conftest import HandMadeCluster, without_aws_settings
 from .s3 import S3
 from .server import FaultServer
 
 GOOD = ["photo.jpg", "big.jpg", "tall.png", "photo.webp", "photo.gif", "photo.bmp"]
-
-
-def _environment_without_aws() -> dict[str, str]:
-    """No credentials, endpoint or profile from the environment: only the storage options carry them."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "BOTO"))} | {
-        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
 
 @pytest.fixture
@@ -46,10 +43,10 @@ def test_a_bucket_to_bucket_run_with_storage_options_only(
     command = [sys.executable, "-m", "daskimg", f"s3://{bucket}/tables/urls-*.parquet", f"s3://{bucket}/out.zarr",
                "--size", "32", "--chunk", "8", "--allow-private-network", "--no-progress", "--dashboard-address", ":0",
                "--storage-options", json.dumps(s3.options)]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_environment_without_aws())
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=without_aws_settings())
     assert first.returncode == 0, first.stderr
     assert f"ok {len(urls) - 1}, failed 1 (http_error 1)" in first.stdout
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_environment_without_aws())
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=without_aws_settings())
     assert again.returncode == 0, again.stderr
     assert "0 rows processed" in again.stdout
     assert f"ok {len(urls) - 1}, failed 1 (http_error 1)" in again.stdout  # the resumed run counts every row
@@ -119,7 +116,7 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_mad
     }[case]
     before = sorted(fs.ls(""))
     done = subprocess.run([sys.executable, "-m", "daskimg", *args, "--no-progress", "--dashboard-address", ":0"],
-                          capture_output=True, text=True, timeout=300, env=_environment_without_aws(), cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, env=without_aws_settings(), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if not line.startswith(("daskimg: <", "daskimg: dashboard"))]
     assert errors == [errors[0]]
@@ -128,3 +125,60 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_mad
     assert s3.options["secret"] not in done.stderr
     assert sorted(fs.invalidate_cache() or fs.ls("")) == before  # never a bucket made
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_on_a_cluster_started_by_hand_the_options_carry_the_credentials(
+    s3: S3, bucket: str, server: FaultServer, hand_made_cluster: HandMadeCluster
+) -> None:
+    """Neither the command nor the workers (see hand_made_cluster) have any AWS setting: the options reach them."""
+    fs = s3.filesystem()
+    with fs.open(f"{bucket}/urls.jsonl.gz", "wb", compression="gzip") as f:
+        f.write("".join(json.dumps({"url": server.url(f"/img/{n}?hand={i}"), "n": i}) + "\n"
+                        for i, n in enumerate(GOOD * 3)).encode())
+    done = subprocess.run(
+        [sys.executable, "-m", "daskimg", f"s3://{bucket}/urls.jsonl.gz", f"s3://{bucket}/out", "--format", "npy",
+         "--size", "24", "--chunk", "4", "--allow-private-network", "--no-progress", "--storage-options",
+         json.dumps(s3.options), "--scheduler", hand_made_cluster.address],
+        capture_output=True, text=True, timeout=300, env=without_aws_settings())
+    assert done.returncode == 0, done.stderr
+    assert f"ok {len(GOOD) * 3}, failed 0" in done.stdout
+    images, meta = daskimg.open(f"s3://{bucket}/out", storage_options=s3.options)
+    assert meta["n"].tolist() == list(range(len(GOOD) * 3))
+    assert images.shape == (len(GOOD) * 3, 24, 24, 3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_the_same_command_completes_the_output_in_the_bucket(
+    s3: S3, bucket: str, server: FaultServer, tmp_path: Path
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=300&s3stop={i}\n") for i in range(96)))
+    out = f"s3://{bucket}/out.zarr"
+    command = [sys.executable, "-m", "daskimg", str(urls), out, "--size", "24", "--chunk", "8", "--concurrency", "2",
+               "--allow-private-network", "--no-progress", "--dashboard-address", ":0",
+               "--output-storage-options", json.dumps(s3.options)]
+    fs = s3.filesystem()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (an ignored SIGINT would stay ignored)
+    try:
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=without_aws_settings())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(fs.ls(f"{bucket}/out.zarr/metadata/_done", refresh=True)
+                                               if fs.exists(f"{bucket}/out.zarr/metadata/_done") else []) < 2:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "leaked" not in stderr, stderr
+    assert "Warning" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "daskimg: interrupted; run the same command again to resume"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=without_aws_settings())
+    assert again.returncode == 0, again.stderr
+    assert "ok 96, failed 0" in again.stdout  # every row counted, those of the first run included
+    _, meta = daskimg.open(out, storage_options=s3.options)
+    assert meta["index"].tolist() == list(range(96))
