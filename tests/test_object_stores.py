@@ -46,9 +46,11 @@ def test_a_bucket_to_bucket_run_with_storage_options_only(
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=without_aws_settings())
     assert first.returncode == 0, first.stderr
     assert f"ok {len(urls) - 1}, failed 1 (http_error 1)" in first.stdout
+    hits = sum(server.hits.values())
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, env=without_aws_settings())
     assert again.returncode == 0, again.stderr
     assert "0 rows processed" in again.stdout
+    assert sum(server.hits.values()) == hits  # nothing fetched again
     assert f"ok {len(urls) - 1}, failed 1 (http_error 1)" in again.stdout  # the resumed run counts every row
     for text in (first.stdout, first.stderr, again.stdout, again.stderr):
         assert s3.options["secret"] not in text
@@ -86,6 +88,7 @@ def test_python_runs_take_input_and_output_options_apart(
     [
         ("missing input bucket", "no input file matches s3://no-such-input/urls.parquet: bucket 'no-such-input' does "
                                  "not exist"),
+        ("missing input key", "no input file matches s3://BUCKET/missing-*.parquet"),
         ("missing output bucket", "cannot create s3://no-such-output/out.zarr: bucket 'no-such-output' does not exist"),
         ("missing output bucket, npy", "cannot create s3://no-such-npy/out: bucket 'no-such-npy' does not exist"),
         ("no credentials for the input", "cannot read s3://BUCKET/urls.parquet: no credentials for the store"),
@@ -106,6 +109,7 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_mad
     unreachable = json.dumps({**s3.options, "endpoint_url": "http://127.0.0.1:9"})
     args = {
         "missing input bucket": ["s3://no-such-input/urls.parquet", "out.zarr", "--storage-options", options],
+        "missing input key": [f"s3://{bucket}/missing-*.parquet", "out.zarr", "--storage-options", options],
         "missing output bucket": [f"s3://{bucket}/urls.parquet", "s3://no-such-output/out.zarr",
                                   "--storage-options", options],
         "missing output bucket, npy": [f"s3://{bucket}/urls.parquet", "s3://no-such-npy/out", "--format", "npy",
@@ -121,6 +125,8 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_mad
     errors = [line for line in done.stderr.splitlines() if not line.startswith(("daskimg: <", "daskimg: dashboard"))]
     assert errors == [errors[0]]
     assert errors[0].startswith(f"daskimg: error: {message.replace('BUCKET', bucket)}"), errors[0]
+    if case == "missing input key":  # the bucket is there: the line says no more than that no file matches
+        assert errors[0] == f"daskimg: error: {message.replace('BUCKET', bucket)}"
     assert "Traceback" not in done.stderr
     assert s3.options["secret"] not in done.stderr
     assert sorted(fs.invalidate_cache() or fs.ls("")) == before  # never a bucket made
