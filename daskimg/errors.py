@@ -59,6 +59,8 @@ def cause(error: BaseException) -> str:
     if name in _NO_CREDENTIALS:
         return (f"no credentials for the store ({text}); pass them with --storage-options (storage_options=) "
                 "or the store's own environment variables")
+    if isinstance(error, PermissionError):  # s3fs's word for a 403: wrong credentials, or no right to the path
+        return f"access denied ({text}): check the credentials and what they may read and write there"
     if isinstance(error, OSError) and not type(error).__module__.startswith(("botocore", "aiobotocore")):
         return text
     return f"{name}: {text}"

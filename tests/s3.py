@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import socket
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,21 @@ class S3:
         """What a user passes as storage options: the only place the credentials are."""
         return {"key": "daskimg-test-key", "secret": "daskimg-test-secret", "endpoint_url": self.endpoint,
                 "client_kwargs": {"region_name": "eu-west-1"}}
+
+    @contextlib.contextmanager
+    def checking_credentials(self) -> Iterator[None]:
+        """Meanwhile the server checks credentials, as S3 does (it accepts any by default)."""
+        self._authenticate_after(0)
+        try:
+            yield
+        finally:
+            self._authenticate_after(math.inf)
+
+    def _authenticate_after(self, requests: float) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=str(requests).encode(),
+                                         method="POST", headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
 
     def filesystem(self) -> Any:
         import s3fs

@@ -188,3 +188,25 @@ def test_ctrl_c_then_the_same_command_completes_the_output_in_the_bucket(
     assert "ok 96, failed 0" in again.stdout  # every row counted, those of the first run included
     _, meta = daskimg.open(out, storage_options=s3.options)
     assert meta["index"].tolist() == list(range(96))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_wrong_credentials_are_one_line_and_exit_2(s3: S3, bucket: str, tmp_path: Path, side: str) -> None:
+    fs = s3.filesystem()
+    with fs.open(f"{bucket}/urls.parquet", "wb") as f:
+        pd.DataFrame({"url": ["http://127.0.0.1:9/a.jpg"]}).to_parquet(f)
+    (tmp_path / "urls.txt").write_text("http://127.0.0.1:9/a.jpg\n")
+    wrong = json.dumps({**s3.options, "key": "AKIAWRONGWRONGWRONG1", "secret": "not-the-secret"})
+    args = ([f"s3://{bucket}/urls.parquet", "out.zarr", "--storage-options", wrong] if side == "input"
+            else [str(tmp_path / "urls.txt"), f"s3://{bucket}/out.zarr", "--output-storage-options", wrong])
+    with s3.checking_credentials():
+        done = subprocess.run([sys.executable, "-m", "daskimg", *args, "--no-progress", "--dashboard-address", ":0"],
+                              capture_output=True, text=True, timeout=300, env=without_aws_settings(), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith(("daskimg: <", "daskimg: dashboard"))]
+    assert len(errors) == 1, done.stderr
+    where = f"cannot read s3://{bucket}/urls.parquet" if side == "input" else f"cannot use s3://{bucket}/out.zarr"
+    assert errors[0].startswith(f"daskimg: error: {where}"), errors[0]
+    assert "access denied (Forbidden): check the credentials" in errors[0]
+    assert "not-the-secret" not in done.stderr
