@@ -35,7 +35,7 @@ from .options import (
     options_dict,
     replace_options,
 )
-from .output import Output, OutputFormat, prepare_output
+from .output import Output, OutputFormat, check_output_location, prepare_output
 from .report import Progress, Summary
 from .sources import Source, plan_source
 
@@ -210,6 +210,7 @@ class Job:
         """
         if threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        check_output_location(path, storage_options)  # before a cluster starts for nothing
         start = time.monotonic()
         stop = Stop()
         with stop.handling(), run_client(scheduler, client=client, workers=workers,

@@ -11,16 +11,38 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .._storage import missing_bucket
+from .._storage import bucket_problem, missing_bucket
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
 from ._store import Output, OutputFormat, compressor
 
-__all__ = ["prepare_output"]
+__all__ = ["check_output_location", "prepare_output"]
 
 
 def _exists(fs: fsspec.AbstractFileSystem, root: str) -> bool:
     return bool(fs.exists(root) and (not fs.isdir(root) or fs.ls(root)))
+
+
+def check_output_location(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Refuse an output whose bucket is missing or cannot be reached, before a run starts anything.
+
+    Raises
+    ------
+    OutputError
+        With the path and the cause, in one line.
+    """
+    try:
+        fs, root = Output(path, "zarr", 1, 0, storage_options=storage_options)._fs
+        problem = bucket_problem(fs, root)
+    except Exception as e:  # an unknown protocol, options the store refuses ...
+        problem = e
+    if isinstance(problem, FileNotFoundError):
+        bucket = missing_bucket(fs, root) or path
+        raise OutputError(f"cannot create {path}: bucket {bucket!r} does not exist (daskimg never creates one)")
+    # Credentials that may write under a prefix need not see the bucket itself: a refusal is left to the
+    # output's own files (prepare_output), which say so then.
+    if problem is not None and not isinstance(problem, PermissionError):
+        raise OutputError(f"cannot use {path} as the output: {cause(problem)}")
 
 
 def prepare_output(
