@@ -210,3 +210,25 @@ def test_wrong_credentials_are_one_line_and_exit_2(s3: S3, bucket: str, tmp_path
     assert errors[0].startswith(f"daskimg: error: {where}"), errors[0]
     assert "access denied (Forbidden): check the credentials" in errors[0]
     assert "not-the-secret" not in done.stderr
+
+
+def test_opening_without_credentials_or_an_output_is_one_clear_error(s3: S3, bucket: str) -> None:
+    fs = s3.filesystem()
+    fs.pipe_file(f"{bucket}/not-an-output/file.txt", b"x")
+    with pytest.raises(daskimg.OutputError, match=f"s3://{bucket}/not-an-output is not a daskimg output"):
+        daskimg.open(f"s3://{bucket}/not-an-output", storage_options=s3.options)
+    unreachable = {**s3.options, "endpoint_url": "http://127.0.0.1:9"}
+    with pytest.raises(daskimg.OutputError, match=rf"cannot open s3://{bucket}/out: EndpointConnectionError: "):
+        daskimg.open(f"s3://{bucket}/out", storage_options=unreachable)
+
+
+def test_storage_options_are_never_shown(s3: S3, tmp_path: Path) -> None:
+    from daskimg.output import Output
+    from daskimg.sources import Block
+
+    secret = s3.options["secret"]
+    assert secret not in repr(Output("s3://b/out.zarr", "zarr", 8, 16, storage_options=s3.options))
+    assert secret not in repr(Block("parquet", "s3://b/t.parquet", storage_options=s3.options))
+    table = tmp_path / "urls.txt"
+    table.write_text("http://example.com/a.jpg\n")
+    assert secret not in repr(daskimg.read_urls(str(table), storage_options=s3.options))

@@ -10,7 +10,7 @@ import pandas as pd
 import zarr
 
 from .._types import META_SCHEMA
-from ..errors import OutputError
+from ..errors import OutputError, cause
 from ._store import NPY_SETTINGS, Output, load_npy
 
 __all__ = ["LAZY_ROWS", "open_output"]
@@ -40,6 +40,15 @@ def open_output(path: str, *, lazy: bool | None = None,
     meta : pandas.DataFrame or dask.dataframe.DataFrame
         One row per input row that has been written, in row order (column ``index``).
     """
+    try:
+        return _open(path, lazy, storage_options)
+    except OutputError:
+        raise
+    except Exception as e:  # a store's own errors (botocore's are no OSError): the path and the cause, one line
+        raise OutputError(f"cannot open {path}: {cause(e)}") from None
+
+
+def _open(path: str, lazy: bool | None, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any]:
     import dask.array as da
 
     probe = Output(path, "zarr", 1, 0, storage_options=storage_options)
