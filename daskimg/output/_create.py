@@ -11,7 +11,7 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .._storage import bucket_problem, missing_bucket
+from .._storage import bucket_of, bucket_problem, missing_bucket
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
 from ._store import Output, OutputFormat, compressor
@@ -37,8 +37,8 @@ def check_output_location(path: str, storage_options: Mapping[str, Any] | None =
     except Exception as e:  # an unknown protocol, options the store refuses ...
         problem = e
     if isinstance(problem, FileNotFoundError):
-        bucket = missing_bucket(fs, root) or path
-        raise OutputError(f"cannot create {path}: bucket {bucket!r} does not exist (daskimg never creates one)")
+        raise OutputError(f"cannot create {path}: bucket {bucket_of(fs, root)!r} does not exist "
+                          "(daskimg never creates one)")
     # Credentials that may write under a prefix need not see the bucket itself: a refusal is left to the
     # output's own files (prepare_output), which say so then.
     if problem is not None and not isinstance(problem, PermissionError):
