@@ -39,10 +39,21 @@ def check_output_location(path: str, storage_options: Mapping[str, Any] | None =
     if isinstance(problem, FileNotFoundError):
         raise OutputError(f"cannot create {path}: bucket {bucket_of(fs, root)!r} does not exist "
                           "(daskimg never creates one)")
-    # Credentials that may write under a prefix need not see the bucket itself: a refusal is left to the
-    # output's own files (prepare_output), which say so then.
-    if problem is not None and not isinstance(problem, PermissionError):
+    if isinstance(problem, PermissionError):  # credentials may reach a prefix without seeing the bucket itself
+        problem = _listing_problem(fs, root)
+    if problem is not None:
         raise OutputError(f"cannot use {path} as the output: {cause(problem)}")
+
+
+def _listing_problem(fs: fsspec.AbstractFileSystem, root: str) -> BaseException | None:
+    """Why the output's own folder cannot be listed (as every run lists it), or None."""
+    try:
+        fs.ls(root, refresh=True)
+    except FileNotFoundError:  # a new output: nothing there yet, and the store said so
+        return None
+    except Exception as e:
+        return e
+    return None
 
 
 def prepare_output(
