@@ -233,3 +233,11 @@ def test_storage_options_are_never_shown(s3: S3, tmp_path: Path) -> None:
     table = tmp_path / "urls.txt"
     table.write_text("http://example.com/a.jpg\n")
     assert secret not in repr(daskimg.read_urls(str(table), storage_options=s3.options))
+
+
+def test_an_output_on_an_unknown_store_is_one_clear_error() -> None:
+    from daskimg.output import check_output_location
+
+    message = r"cannot use nosuch://b/out\.zarr as the output: ValueError: Protocol not known: nosuch"
+    with pytest.raises(daskimg.OutputError, match=message):
+        check_output_location("nosuch://b/out.zarr")

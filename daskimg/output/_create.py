@@ -33,9 +33,9 @@ def check_output_location(path: str, storage_options: Mapping[str, Any] | None =
     """
     try:
         fs, root = Output(path, "zarr", 1, 0, storage_options=storage_options)._fs
-        problem = bucket_problem(fs, root)
     except Exception as e:  # an unknown protocol, options the store refuses ...
-        problem = e
+        raise OutputError(f"cannot use {path} as the output: {cause(e)}") from None
+    problem = bucket_problem(fs, root)
     if isinstance(problem, FileNotFoundError):
         raise OutputError(f"cannot create {path}: bucket {bucket_of(fs, root)!r} does not exist "
                           "(daskimg never creates one)")
