@@ -36,8 +36,6 @@ import contextlib
 import itertools
 import logging
 import math
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,7 +51,7 @@ from distributed import Client, Future, as_completed
 from ._refetch import refetch_deferred
 from ._stages import FetchedPartition, fetch_partition, preprocess_partition
 from ._types import ImagePartition, Status
-from .cluster import lost_a_worker, stalled_fetch
+from .cluster import lost_a_worker, stalled_fetch, stop_signals_to
 from .errors import Interrupted
 from .options import FetchOptions, PreprocessOptions
 from .output import ChunkReport, Listing, Output
@@ -94,15 +92,8 @@ class Stop:
 
     @contextlib.contextmanager
     def handling(self) -> Iterator[Stop]:
-        if threading.current_thread() is not threading.main_thread():
+        with stop_signals_to(self._handle):
             yield self
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def check(self) -> None:
         """Raise :class:`Interrupted` if a signal came."""

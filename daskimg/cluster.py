@@ -55,7 +55,7 @@ from ._compat import usable_cpus
 from .errors import ConfigError
 
 __all__ = ["WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
-           "run_client", "stalled_fetch"]
+           "run_client", "stalled_fetch", "stop_signals_to"]
 
 
 def default_workers() -> int:
@@ -283,17 +283,25 @@ def _environ_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ignoring_stop_signals() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM in this process meanwhile, so that processes started here inherit that."""
+def stop_signals_to(handler: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` meanwhile, then to what they went to before.
+
+    On the main thread only: elsewhere signals do not reach Python code, and nothing changes.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
+def ignoring_stop_signals() -> contextlib.AbstractContextManager[None]:
+    """Ignore SIGINT and SIGTERM in this process meanwhile, so that processes started here inherit that."""
+    return stop_signals_to(signal.SIG_IGN)
 
 
 def lost_a_worker() -> bool:
