@@ -10,12 +10,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import psutil
 import pytest
 from distributed import Client, LocalCluster
 from PIL import Image
 
+from daskimg._stages import FetchedPartition
+from daskimg._types import Status
 from daskimg.demo import IMAGES
+from daskimg.fetch import FetchResult
 
 from .s3 import S3
 from .s3 import start as start_s3
@@ -116,3 +120,9 @@ def hand_made_cluster(tmp_path: Path) -> Iterator[HandMadeCluster]:
             p.terminate()
         for p in procs:
             p.wait(30)
+
+
+def fetched(bodies: list[bytes]) -> FetchedPartition:
+    """A chunk whose every URL gave one of ``bodies``, as fetch_partition would return it."""
+    rows = pd.DataFrame({"url": [f"http://example.com/{i}" for i in range(len(bodies))]})
+    return FetchedPartition(rows, "url", [FetchResult(Status.OK, None, 200, b, "x") for b in bodies])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from moto.server import ThreadedMotoServer
+
+from .server import free_port
 
 
 @dataclass
@@ -46,9 +47,7 @@ class S3:
 
 
 def start() -> S3:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return S3(f"http://127.0.0.1:{port}", server)

@@ -203,3 +203,10 @@ class FaultServer:
             self.send(h, 403)
         else:
             self.send(h, 404, b"not found")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

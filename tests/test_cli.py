@@ -18,7 +18,7 @@ from distributed import Client
 import daskimg
 
 from .conftest import HandMadeCluster
-from .server import FaultServer
+from .server import FaultServer, free_port
 
 BIN = Path(sys.executable).parent
 QUIET = ["--no-progress", "--dashboard-address", ":0"]
@@ -292,14 +292,6 @@ def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomple
     np.testing.assert_array_equal(result.compute(), daskimg.open(str(tmp_path / "ref.zarr"))[0].compute())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Chromium (.ci/run installs it)")
 def test_a_browser_opening_and_closing_the_dashboard_prints_nothing_into_the_run(
@@ -307,7 +299,7 @@ def test_a_browser_opening_and_closing_the_dashboard_prints_nothing_into_the_run
 ) -> None:
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=1000&browser={i}\n") for i in range(160)))
-    port = _free_port()
+    port = free_port()
     run = subprocess.Popen(
         [sys.executable, "-m", "daskimg", str(urls), str(tmp_path / "out.zarr"), "--size", "32", "--chunk", "8",
          "--concurrency", "2", "--allow-private-network", "--no-progress", "--dashboard-address", f"127.0.0.1:{port}"],

@@ -6,21 +6,16 @@ import os
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import daskimg._isolate as isolate
 from daskimg import _compat
-from daskimg._stages import FetchedPartition, preprocess_partition
-from daskimg.fetch import FetchResult
+from daskimg._stages import preprocess_partition
 from daskimg.options import PreprocessOptions
 
+from .conftest import fetched
+
 OPTS = PreprocessOptions(height=24, width=24)
-
-
-def _partition(bodies: list[bytes]) -> FetchedPartition:
-    rows = pd.DataFrame({"url": [f"http://example.com/{i}" for i in range(len(bodies))]})
-    return FetchedPartition(rows, "url", [FetchResult("ok", None, 200, b, "x") for b in bodies])
 
 
 def _address_space_limit() -> int:
@@ -53,10 +48,10 @@ def test_without_fork_a_chunk_is_preprocessed_in_process(
 ) -> None:
     """Windows: no decoder isolation, and the chunk still gives every row."""
     bodies = [images["photo.jpg"], b"not an image"]
-    expected = preprocess_partition(_partition(bodies), OPTS)
+    expected = preprocess_partition(fetched(bodies), OPTS)
     monkeypatch.setattr(isolate, "AVAILABLE", False)
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked without fork"), raising=False)
-    part = preprocess_partition(_partition(bodies), OPTS, isolate=True)
+    part = preprocess_partition(fetched(bodies), OPTS, isolate=True)
     np.testing.assert_array_equal(part.images, expected.images)
     assert part.meta["status"].tolist() == ["ok", "not_image"]
 

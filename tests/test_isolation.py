@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -15,20 +14,15 @@ from distributed.diagnostics.plugin import WorkerPlugin
 import daskimg
 import daskimg._stages
 from daskimg import _isolate as isolate
-from daskimg._stages import FetchedPartition, preprocess_partition
-from daskimg.fetch import FetchResult
+from daskimg._stages import preprocess_partition
 from daskimg.options import PreprocessOptions
 
+from .conftest import fetched
 from .server import FaultServer
 
 pytestmark = pytest.mark.skipif(not isolate.AVAILABLE, reason="needs os.fork")
 
 OPTS = PreprocessOptions(height=24, width=24)
-
-
-def _partition(bodies: list[bytes]) -> FetchedPartition:
-    rows = pd.DataFrame({"url": [f"http://example.com/{i}" for i in range(len(bodies))]})
-    return FetchedPartition(rows, "url", [FetchResult("ok", None, 200, b, "x") for b in bodies])
 
 
 def _hostile_decoder(monkeypatch: pytest.MonkeyPatch, on: bytes, act: str) -> None:
@@ -54,11 +48,11 @@ def test_an_image_that_kills_its_decoder_costs_only_its_row(
     images: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, act: str
 ) -> None:
     bodies = [images["photo.jpg"], images["photo.bmp"], images["tall.png"], b"not an image"]
-    expected = preprocess_partition(_partition(bodies), OPTS)
+    expected = preprocess_partition(fetched(bodies), OPTS)
     monkeypatch.setattr(isolate, "TIME_LIMIT", 2.0)
     _hostile_decoder(monkeypatch, on=b"BM", act=act)
 
-    part = preprocess_partition(_partition(bodies), OPTS, isolate=True)
+    part = preprocess_partition(fetched(bodies), OPTS, isolate=True)
 
     assert part.meta["status"].tolist() == [
         "ok", "decoder_crashed" if act != "memory" else "preprocess_error", "ok", "not_image"]
