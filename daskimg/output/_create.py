@@ -11,7 +11,7 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .._storage import bucket_of, bucket_problem, missing_bucket
+from .._storage import bucket_of, bucket_problem
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
 from ._store import Output, OutputFormat, compressor
@@ -82,6 +82,7 @@ def prepare_output(
         raise OutputError(f"output format must be zarr or npy, got {format!r}")
     if compression not in COMPRESSIONS:
         raise OutputError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    check_output_location(path, storage_options)
     out = Output(path, format, chunk, n_rows, storage_options=storage_options)
     try:
         return _prepare(out, shape, dtype, dim_names, compression, settings, overwrite)
@@ -95,9 +96,6 @@ def _prepare(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[s
              settings: dict[str, Any], overwrite: bool) -> Output:
     path = out.path
     fs, root = out._fs
-    bucket = missing_bucket(fs, root)
-    if bucket is not None:
-        raise OutputError(f"cannot create {path}: bucket {bucket!r} does not exist (daskimg never creates one)")
     if _exists(fs, root):
         previous = out.read_settings()
         if previous is None:
