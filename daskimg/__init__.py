@@ -5,6 +5,8 @@
 >>> job = job.fetch(timeout=10, retries=2).preprocess(size=224)          # doctest: +SKIP
 >>> summary = job.to_zarr("out.zarr")                                   # doctest: +SKIP
 >>> images, meta = daskimg.open("out.zarr")                             # doctest: +SKIP
+>>> for images, index in daskimg.ImageReader("out.zarr", batch_size=256):  # doctest: +SKIP
+...     ...
 
 The names below are imported on first use: ``python -m daskimg --help`` does not pay for
 Dask and zarr. ``import daskimg`` changes nothing in the process: no thread count, warning
@@ -16,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
     from ._types import Status
@@ -24,13 +26,16 @@ if TYPE_CHECKING:
     from .job import Job, read_urls
     from .options import FetchOptions, PreprocessOptions
     from .output import open_output as open
+    from .reader import Batch, ImageReader
     from .report import Summary
 
 # public name -> (module, attribute)
 _LAZY = {
+    "Batch": ("reader", "Batch"),
     "ConfigError": ("errors", "ConfigError"),
     "DaskimgError": ("errors", "DaskimgError"),
     "FetchOptions": ("options", "FetchOptions"),
+    "ImageReader": ("reader", "ImageReader"),
     "InputError": ("errors", "InputError"),
     "Job": ("job", "Job"),
     "OutputError": ("errors", "OutputError"),
@@ -42,9 +47,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "Batch",
     "ConfigError",
     "DaskimgError",
     "FetchOptions",
+    "ImageReader",
     "InputError",
     "Job",
     "OutputError",

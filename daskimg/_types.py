@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["META_SCHEMA", "ImagePartition", "Status"]
+__all__ = ["META_SCHEMA", "STATUS_CODES", "ImagePartition", "Status"]
 
 
 class Status(StrEnum):
@@ -42,6 +42,11 @@ class Status(StrEnum):
     DECODE_ERROR = "decode_error"
     DECODER_CRASHED = "decoder_crashed"
     PREPROCESS_ERROR = "preprocess_error"
+
+
+# The zarr output's ``status`` array holds these codes (0: not written yet), described to xarray and other
+# CF readers by ``flag_values`` / ``flag_meanings``: zarr v3 has no stable string type.
+STATUS_CODES = {status: code for code, status in enumerate(Status, start=1)}
 
 
 # The columns daskimg itself writes, in order; the input's other columns follow them.

@@ -47,8 +47,8 @@ def test_environment_yml_matches_pyproject() -> None:
 def test_public_api_is_pinned() -> None:
     assert daskimg.__all__ == sorted(daskimg.__all__)
     assert set(daskimg.__all__) == {
-        "ConfigError", "DaskimgError", "FetchOptions", "InputError", "Job", "OutputError", "PreprocessOptions",
-        "Status", "Summary", "__version__", "open", "read_urls",
+        "Batch", "ConfigError", "DaskimgError", "FetchOptions", "ImageReader", "InputError", "Job", "OutputError",
+        "PreprocessOptions", "Status", "Summary", "__version__", "open", "read_urls",
     }
 
 
@@ -60,3 +60,13 @@ def test_the_benchmark_a_user_runs_works(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "daskimg / limit:" in done.stdout
+
+
+def test_the_reader_benchmark_a_user_runs_works(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reader.py"), "--count", "40", "--files", "20", "--size", "32",
+         "--passes", "1", "--rows", "10", "--img2dataset", "", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reader / chunks:" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +13,7 @@ import zarr
 from fsspec.implementations.local import LocalFileSystem
 
 from .._storage import bucket_of, bucket_problem
+from .._types import STATUS_CODES
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
 from ._store import Output, OutputFormat, compressor
@@ -137,10 +139,36 @@ def _create(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[st
             fs.makedirs(f"{root}/metadata/_done", exist_ok=True)
         return
     group = zarr.open_group(out.path, mode="w", zarr_format=3, **out.zarr_options)
+    coordinates: dict[str, Any] = {"coordinates": "status"}  # CF: xarray shows the status of each row beside its image
     group.create_array(
         "images", shape=(out.n_rows, *shape), chunks=(out.chunk, *shape), dtype=dtype,
         dimension_names=("image", *dim_names), compressors=compressor(compression), fill_value=0,
+        attributes=coordinates,
     )
     group.create_array(
         "ok", shape=(out.n_rows,), chunks=(out.chunk,), dtype="bool", dimension_names=("image",), fill_value=False,
+        attributes=coordinates,
     )
+    group.create_array(
+        "status", shape=(out.n_rows,), chunks=(out.chunk,), dtype="uint8", dimension_names=("image",), fill_value=0,
+        attributes={"long_name": "what happened to the row (0: not written yet)",
+                    "flag_values": list(STATUS_CODES.values()), "flag_meanings": " ".join(STATUS_CODES)},
+    )
+    _consolidate(out, ("images", "ok", "status"))
+
+
+def _consolidate(out: Output, arrays: tuple[str, ...]) -> None:
+    """Put the arrays' metadata into the group's ``zarr.json``, as zarr-python's consolidated metadata.
+
+    xarray reads a group's members from there (and warns when it cannot); listing the group
+    instead would meet ``metadata/``, a parquet folder, which zarr warns is no zarr node. The
+    arrays' metadata never changes after this, so it is written once, here. It is written as
+    JSON because ``zarr.consolidate_metadata`` lists the group and warns that consolidated
+    metadata is not in the v3 specification yet: it is an extension field that readers which
+    do not know it ignore (``must_understand: false``).
+    """
+    fs, root = out._fs
+    group = json.loads(fs.cat_file(f"{root}/zarr.json"))
+    members = {name: json.loads(fs.cat_file(f"{root}/{name}/zarr.json")) for name in arrays}
+    group["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": members}
+    out._put("zarr.json", json.dumps(group, indent=2).encode())

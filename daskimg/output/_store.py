@@ -6,6 +6,7 @@ Two layouts share everything but the pixel files::
       zarr.json      attrs["daskimg"]       daskimg.json
       images/        (N, H, W, 3)           images/00000000.npy ... (B, H, W, 3) each
       ok/            (N,) bool              ok/00000000.npy ...
+      status/        (N,) uint8 codes       (in the metadata only)
       metadata/part-00000000-00001023.parquet   (a group of chunks, compacted)
       metadata/part-00001024.parquet ...        (one chunk)
       metadata/_done/00001024 ...               (one chunk done)
@@ -32,7 +33,7 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,10 +48,11 @@ import zarr
 import zarr.codecs
 from fsspec.implementations.local import LocalFileSystem
 
-from .._types import META_SCHEMA, ImagePartition, Status
+from .._types import META_SCHEMA, STATUS_CODES, ImagePartition, Status
 from ..errors import OutputError
 
-__all__ = ["GROUP_ROWS", "ChunkReport", "Listing", "Output", "OutputFormat", "compressor", "load_npy"]
+__all__ = ["GROUP_ROWS", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec", "compressor",
+           "load_npy"]
 
 OutputFormat = Literal["zarr", "npy"]
 NPY_SETTINGS = "daskimg.json"
@@ -261,14 +263,15 @@ class Output:
         """Pixels and flags of chunk ``k``, its metadata part, and its done marker unless a row is deferred."""
         start = k * self.chunk
         if self.format == "zarr":
-            array, flags, encode = _open_arrays(self)
+            array, flags, statuses, codec = _open_arrays(self)
             stop = start + len(images)
-            if encode is not None and len(images) == self.chunk:
-                self._put(f"images/{array.metadata.encode_chunk_key((k,) + (0,) * (array.ndim - 1))}",
-                          encode(images))
+            if codec is not None and len(images) == self.chunk:
+                self._put(f"images/{codec.key(k)}", codec.encode(images))
             else:
                 array[start:stop] = images
             flags[start:stop] = ok
+            if statuses is not None:  # outputs made before daskimg 0.2 have no status array
+                statuses[start:stop] = meta["status"].map(STATUS_CODES).to_numpy(dtype=np.uint8)
         else:
             self._put(f"images/{k:08d}.npy", _npy_bytes(images))
             self._put(f"ok/{k:08d}.npy", _npy_bytes(ok))
@@ -285,7 +288,7 @@ class Output:
         """Chunk ``k`` as written: pixels and flags (writable copies), and its metadata part."""
         fs, root = self._fs
         if self.format == "zarr":
-            array, flags, _ = _open_arrays(self)
+            array, flags, _, _ = _open_arrays(self)
             start = k * self.chunk
             stop = start + self._rows(k)
             images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
@@ -339,10 +342,10 @@ def _file_counts(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
 @functools.lru_cache(maxsize=8)
 def _open_arrays(
     out: Output,
-) -> tuple[zarr.Array[Any], zarr.Array[Any], Callable[[np.ndarray], bytes | memoryview] | None]:
-    """The output's two arrays and the images' chunk encoder, made once per worker process and
-    output (an overwritten output at the same path has a new id, so its new shape and dtype are
-    read again).
+) -> tuple[zarr.Array[Any], zarr.Array[Any], zarr.Array[Any] | None, ChunkCodec | None]:
+    """The output's arrays (images, ok, and status if it has one) and the images' chunk codec, made
+    once per worker process and output (an overwritten output at the same path has a new id, so its
+    new shape and dtype are read again).
 
     ``write_empty_chunks``: every chunk is written whole, so zarr's check for an all-zero chunk
     (a full comparison of megabytes of pixels) is pure cost.
@@ -350,20 +353,54 @@ def _open_arrays(
     config = {"write_empty_chunks": True}
     images = zarr.open_array(out.path, path="images", mode="r+", config=config, **out.zarr_options)
     ok = zarr.open_array(out.path, path="ok", mode="r+", config=config, **out.zarr_options)
-    return images, ok, _chunk_encoder(images)
+    try:
+        status: zarr.Array[Any] | None = zarr.open_array(out.path, path="status", mode="r+", **out.zarr_options)
+    except FileNotFoundError:
+        status = None
+    return images, ok, status, chunk_codec(images)
 
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
-def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes | memoryview] | None:
-    """Encode one whole chunk of ``array`` exactly as its codecs say, or None for other codec chains.
+@dataclass(frozen=True)
+class ChunkCodec:
+    """Whole chunks of one array to and from their stored bytes, exactly as the array's codecs say.
 
-    zarr's ``__setitem__`` copies a chunk several times on its way to the store: a third of a
-    128 px image's write cost and two thirds at 256 px. The arrays this module creates have the
-    chain bytes -> (blosc | zstd)?, which numcodecs encodes in one call; the bytes are stored
-    under the chunk's key, and zarr reads them back like its own.
+    zarr copies a chunk several times on its way to and from the store: a third of a 128 px
+    image's write cost and two thirds at 256 px, and a third of a whole-chunk read. The arrays
+    this package creates have the chain bytes -> (blosc | zstd)?, which numcodecs encodes and
+    decodes in one call; the bytes live under the chunk's key, where zarr reads them as its own.
     """
+
+    array: zarr.Array[Any]
+    compressor: Any
+    byteorder: Literal["<", ">"]
+
+    def key(self, k: int) -> str:
+        """The store key of the ``k``-th chunk along the first axis, below the array's folder."""
+        return str(self.array.metadata.encode_chunk_key((k,) + (0,) * (self.array.ndim - 1)))
+
+    def encode(self, chunk: np.ndarray) -> bytes | memoryview:
+        raw = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder(self.byteorder))
+        return bytes(self.compressor.encode(raw)) if self.compressor is not None else memoryview(raw.data).cast("B")
+
+    def decode(self, data: bytes, rows: int, out: np.ndarray | None = None) -> np.ndarray:
+        """A whole stored chunk of ``rows`` rows (the last chunk is stored padded to full size),
+        decoded into ``out`` when it is given (a buffer of the chunk's shape and dtype, reused)."""
+        stored = self.array.dtype.newbyteorder(self.byteorder)
+        shape = self.array.chunks
+        if self.compressor is None:
+            chunk = np.frombuffer(data, dtype=stored).reshape(shape)
+        else:
+            reuse = out is not None and out.shape == shape and out.dtype == stored
+            chunk = out if reuse else np.empty(shape, dtype=stored)  # type: ignore[assignment]
+            self.compressor.decode(data, out=chunk)
+        return chunk[:rows].astype(self.array.dtype, copy=False)
+
+
+def chunk_codec(array: zarr.Array[Any]) -> ChunkCodec | None:
+    """The :class:`ChunkCodec` of ``array``, or None for codec chains other than bytes -> (blosc | zstd)?."""
     codecs = getattr(array.metadata, "codecs", None)  # zarr v3 metadata only
     if not codecs or not isinstance(codecs[0], zarr.codecs.BytesCodec) or len(codecs) > 2:
         return None
@@ -378,12 +415,7 @@ def _chunk_encoder(array: zarr.Array[Any]) -> Callable[[np.ndarray], bytes | mem
             compressor = numcodecs.Zstd(level=c.level, checksum=c.checksum)
         else:
             return None
-
-    def encode(chunk: np.ndarray) -> bytes | memoryview:
-        raw = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder(order))
-        return bytes(compressor.encode(raw)) if compressor is not None else memoryview(raw.data).cast("B")
-
-    return encode
+    return ChunkCodec(array, compressor, order)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
