@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
+    from ._report import Report, report
     from ._types import Status
     from .errors import ConfigError, DaskimgError, InputError, OutputError
     from .job import Job, read_urls
     from .options import FetchOptions, PreprocessOptions
     from .output import open_output as open
+    from .progress import Summary
     from .reader import Batch, ImageReader
-    from .report import Summary
 
 # public name -> (module, attribute)
 _LAZY = {
@@ -41,9 +42,11 @@ _LAZY = {
     "OutputError": ("errors", "OutputError"),
     "PreprocessOptions": ("options", "PreprocessOptions"),
     "Status": ("_types", "Status"),
-    "Summary": ("report", "Summary"),
+    "Summary": ("progress", "Summary"),
     "open": ("output", "open_output"),
     "read_urls": ("job", "read_urls"),
+    "Report": ("_report", "Report"),
+    "report": ("_report", "report"),
 }
 
 __all__ = [
@@ -56,11 +59,13 @@ __all__ = [
     "Job",
     "OutputError",
     "PreprocessOptions",
+    "Report",
     "Status",
     "Summary",
     "__version__",
     "open",
     "read_urls",
+    "report",
 ]
 
 

@@ -55,7 +55,7 @@ from .cluster import lost_a_worker, stalled_fetch, stop_signals_to
 from .errors import Interrupted
 from .options import FetchOptions, PreprocessOptions
 from .output import ChunkReport, Listing, Output
-from .report import Progress
+from .progress import Progress
 from .sources import Block, Source, read_rows
 
 __all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]

@@ -1,4 +1,5 @@
-"""The command line: ``daskimg INPUT OUTPUT [options]`` (also ``python -m daskimg``).
+"""The command line: ``daskimg INPUT OUTPUT [options]`` (also ``python -m daskimg``), and
+``daskimg report OUTPUT [--html FILE]``: a page about an output (see :mod:`daskimg._report`).
 
 Exit status: 0 when every chunk was written (URLs that failed are recorded in the
 metadata, they do not fail the run); 1 when some chunks could not be written (run again
@@ -36,7 +37,7 @@ from .options import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "report_main", "report_parser"]
 
 _F = FetchOptions()
 
@@ -77,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
         description="Download, decode and resize the images of a URL table into chunked arrays (zarr or npy), "
         "on a local Dask cluster or an existing one.",
         epilog="Example: daskimg urls.parquet out.zarr --size 224 --url-col url. Without INPUT and with --demo, "
-        "runs on sample images served locally.",
+        "runs on sample images served locally. 'daskimg report OUTPUT' writes an HTML page about an output "
+        "(see daskimg report --help).",
     )
     p.add_argument("paths", nargs="*", metavar="INPUT OUTPUT",
                    help="URL table (txt/csv/tsv/jsonl/parquet, optionally .gz; file, glob, directory or fsspec URL) "
@@ -160,6 +162,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="daskimg report",
+        description="Write one self-contained HTML page about an output: rows by status, the hosts with the most "
+        "failures and why, sample error messages, a contact sheet of sample images, the sizes that came in and "
+        "the throughput over the run. It needs no network to view.",
+    )
+    p.add_argument("output", metavar="OUTPUT", help="a daskimg output (local or fsspec URL)")
+    p.add_argument("--html", metavar="FILE", help="where to write the page (default: OUTPUT's name + "
+                   "'-report.html', in the current directory)")
+    p.add_argument("--storage-options", type=_storage_options, metavar="JSON", help="fsspec storage options "
+                   "for OUTPUT (credentials, endpoint ...)")
+    p.add_argument("--samples", type=int, default=48, help="sample images on the contact sheet (default 48)")
+    return p
+
+
+def report_main(argv: Sequence[str]) -> int:
+    """``daskimg report``: the page, and the counts on stdout."""
+    args = report_parser().parse_args(argv)
+    from pathlib import PurePosixPath
+
+    from ._report import Report
+
+    name = PurePosixPath(args.output.rstrip("/")).name or "output"
+    target = args.html or f"{name.rsplit('.', 1)[0] if '.' in name else name}-report.html"
+    try:
+        report = Report.from_output(args.output, storage_options=args.storage_options, samples=args.samples)
+        report.save(target)
+    except DaskimgError as e:
+        print(f"daskimg: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the page's own file
+        print(f"daskimg: error: cannot write {target}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(report)
+    print(f"daskimg: report written to {target}", file=sys.stderr)
+    return 0
+
+
 @contextlib.contextmanager
 def _table(args: argparse.Namespace, p: argparse.ArgumentParser) -> Iterator[tuple[str | pd.DataFrame, str]]:
     """The input and output the arguments name; for --demo, the demo server runs meanwhile."""
@@ -208,6 +249,9 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     full collections during the run (the scheduler of a local cluster runs in this process)
     and the last one at exit no longer walk those millions of long-lived objects.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
     _log_to_stderr()

@@ -36,7 +36,7 @@ from .options import (
     replace_options,
 )
 from .output import Output, OutputFormat, check_output_location, prepare_output
-from .report import Progress, Summary
+from .progress import Progress, Summary
 from .sources import Source, plan_source
 
 __all__ = ["CHUNK_BYTES", "Job", "auto_chunk", "read_urls"]

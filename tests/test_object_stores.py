@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,8 +79,17 @@ def test_python_runs_take_input_and_output_options_apart(
     out = f"s3://{bucket}/out.{fmt}"
     summary = job.run(out, format=fmt, client=client, progress=False, storage_options=s3.options)  # type: ignore[arg-type]
     assert summary.counts == {"ok": len(GOOD)}
-    _, meta = daskimg.open(out, storage_options=s3.options)
+    images, meta = daskimg.open(out, storage_options=s3.options)
     assert meta["label"].tolist() == list(range(len(GOOD)))
+    # Training reads the bucket too, and the report is made from it.
+    batches = list(daskimg.ImageReader(out, batch_size=4, storage_options=s3.options))
+    assert sorted(i for b in batches for i in b.index.tolist()) == list(range(len(GOOD)))
+    for b in batches:
+        np.testing.assert_array_equal(b.images, images.compute()[b.index])
+    report = daskimg.report(out, storage_options=s3.options, samples=4)
+    assert report.counts == {"ok": len(GOOD)}
+    assert len(report.thumbnails) == 4
+    assert len(report.chunk_times) == 1
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ import functools
 import io
 import json
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ NPY_SETTINGS = "daskimg.json"
 _ATTR = "daskimg"
 GROUP_ROWS = 2**18  # rows of metadata compacted into one file
 _COUNTS_KEY = b"daskimg.counts"
+_CHUNKS_KEY = b"daskimg.chunks"  # per chunk of the file: [chunk, rows, ok rows, unix time it was written]
 _PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
 
 
@@ -215,9 +217,11 @@ class Output:
         if len(chunks) == 1 and self.chunks_per_group == 1:
             return self._rows(chunks.start)  # one chunk a group: its part is the group
         tables = [pq.read_table(io.BytesIO(fs.cat_file(f"{root}/metadata/part-{k:08d}.parquet"))) for k in chunks]
+        records = [r for t in tables for r in json.loads((t.schema.metadata or {}).get(_CHUNKS_KEY, b"[]"))]
         table = pa.concat_tables(tables, promote_options="permissive")
         counts = Counter(table.column("status").to_pylist())
-        self._put(f"metadata/part-{chunks.start:08d}-{chunks.stop - 1:08d}.parquet", _table_bytes(table, counts))
+        self._put(f"metadata/part-{chunks.start:08d}-{chunks.stop - 1:08d}.parquet",
+                  _table_bytes(table, counts, records))
         fs.rm([f"{root}/metadata/part-{k:08d}.parquet" for k in chunks])
         markers = [f"{root}/metadata/_done/{k:08d}" for k in chunks]
         with contextlib.suppress(FileNotFoundError):
@@ -275,7 +279,8 @@ class Output:
         else:
             self._put(f"images/{k:08d}.npy", _npy_bytes(images))
             self._put(f"ok/{k:08d}.npy", _npy_bytes(ok))
-        self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(meta))
+        written = [k, len(meta), int((meta["status"] == Status.OK).sum()), round(time.time(), 3)]
+        self._put(f"metadata/part-{k:08d}.parquet", _parquet_bytes(meta, written))
         if not (meta["status"] == Status.DEFERRED).any():
             self._put(f"metadata/_done/{k:08d}", b"")
 
@@ -320,23 +325,36 @@ class Output:
 
     def status_counts(self, listing: Listing | None = None) -> dict[str, int]:
         """Counts by status over every written metadata file, from their footers."""
-        fs, _ = self._fs
-        files = (listing or self.listing()).files()
         total: Counter[str] = Counter()
-        with ThreadPoolExecutor(16) as pool:  # object stores answer slowly, but many at once
-            for counts in pool.map(lambda path: _file_counts(fs, path), files):
-                total.update(counts)
+        for counts, _ in self.footers(listing):
+            total.update(counts)
         return dict(total)
 
+    def chunk_times(self, listing: Listing | None = None) -> np.ndarray:
+        """When each written chunk was written: rows of (chunk, rows, ok rows, unix time), in time order;
+        from the metadata files' footers (files written before daskimg 0.2 have none)."""
+        records = [r for _, chunks in self.footers(listing) for r in chunks]
+        table = np.array(records, dtype=np.float64).reshape(-1, 4)
+        return table[np.argsort(table[:, 3], kind="stable")]
 
-def _file_counts(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
-    """The counts a metadata file keeps in its footer; for files written before they did, its status column."""
+    def footers(self, listing: Listing | None = None) -> list[tuple[dict[str, int], list[list[float]]]]:
+        """Each metadata file's counts by status and its chunks' write records, read from its footer."""
+        fs, _ = self._fs
+        files = (listing or self.listing()).files()
+        with ThreadPoolExecutor(16) as pool:  # object stores answer slowly, but many at once
+            return list(pool.map(lambda path: _footer(fs, path), files))
+
+
+def _footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, int], list[list[float]]]:
+    """The counts and chunk records a metadata file keeps in its footer; for files written before they
+    did, the counts of its status column."""
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
-        record = (parquet.schema_arrow.metadata or {}).get(_COUNTS_KEY)
-        if record is not None:
-            return dict(json.loads(record))
-        return dict(Counter(parquet.read(columns=["status"]).column("status").to_pylist()))
+        metadata = parquet.schema_arrow.metadata or {}
+        chunks = json.loads(metadata.get(_CHUNKS_KEY, b"[]"))
+        if _COUNTS_KEY in metadata:
+            return dict(json.loads(metadata[_COUNTS_KEY])), chunks
+        return dict(Counter(parquet.read(columns=["status"]).column("status").to_pylist())), chunks
 
 
 @functools.lru_cache(maxsize=8)
@@ -424,16 +442,17 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _parquet_bytes(meta: pd.DataFrame) -> bytes:
+def _parquet_bytes(meta: pd.DataFrame, written: list[float]) -> bytes:
     table = pa.Table.from_pandas(meta, preserve_index=False)
     fields = [META_SCHEMA.field(f.name) if f.name in META_SCHEMA.names else _carried(f) for f in table.schema]
     table = table.cast(pa.schema(fields, metadata=table.schema.metadata))  # keep pandas' dtypes (Int32 ...)
-    return _table_bytes(table, Counter(meta["status"]))
+    return _table_bytes(table, Counter(meta["status"]), [written])
 
 
-def _table_bytes(table: pa.Table, counts: Counter[str]) -> bytes:
-    """Parquet bytes of ``table``, with its counts by status in the footer."""
-    metadata = {**(table.schema.metadata or {}), _COUNTS_KEY: json.dumps(dict(counts)).encode()}
+def _table_bytes(table: pa.Table, counts: Counter[str], chunks: list[list[float]]) -> bytes:
+    """Parquet bytes of ``table``, with its counts by status and its chunks' write records in the footer."""
+    metadata = {**(table.schema.metadata or {}), _COUNTS_KEY: json.dumps(dict(counts)).encode(),
+                _CHUNKS_KEY: json.dumps(chunks).encode()}
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buf)
     return buf.getvalue()
