@@ -48,7 +48,7 @@ def test_public_api_is_pinned() -> None:
     assert daskimg.__all__ == sorted(daskimg.__all__)
     assert set(daskimg.__all__) == {
         "Batch", "ConfigError", "DaskimgError", "FetchOptions", "ImageReader", "InputError", "Job", "OutputError",
-        "PreprocessOptions", "Status", "Summary", "__version__", "open", "read_urls",
+        "PreprocessOptions", "Report", "Status", "Summary", "__version__", "open", "read_urls", "report",
     }
 
 
