@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from ._types import Status
 from .output import locate_output
+from .output._store import write_times
 
 __all__ = ["Report", "report"]
 
@@ -77,7 +78,7 @@ class Report:
             hosts=_top_hosts(failed_frame), errors=_top_errors(failed_frame),
             sizes=ok.select(["width", "height", "bytes"]).to_pandas(),
             thumbnails=_thumbnails(chunks, ok, samples, rng),
-            chunk_times=out.chunk_times(listing),
+            chunk_times=write_times(footers),
         )
 
     @property

@@ -53,7 +53,7 @@ from .._types import META_SCHEMA, STATUS_CODES, ImagePartition, Status
 from ..errors import OutputError
 
 __all__ = ["GROUP_ROWS", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec", "compressor",
-           "load_npy"]
+           "load_npy", "write_times"]
 
 OutputFormat = Literal["zarr", "npy"]
 NPY_SETTINGS = "daskimg.json"
@@ -331,11 +331,8 @@ class Output:
         return dict(total)
 
     def chunk_times(self, listing: Listing | None = None) -> np.ndarray:
-        """When each written chunk was written: rows of (chunk, rows, ok rows, unix time), in time order;
-        from the metadata files' footers (files written before daskimg 0.2 have none)."""
-        records = [r for _, chunks in self.footers(listing) for r in chunks]
-        table = np.array(records, dtype=np.float64).reshape(-1, 4)
-        return table[np.argsort(table[:, 3], kind="stable")]
+        """When each written chunk was written (see :func:`write_times`)."""
+        return write_times(self.footers(listing))
 
     def footers(self, listing: Listing | None = None) -> list[tuple[dict[str, int], list[list[float]]]]:
         """Each metadata file's counts by status and its chunks' write records, read from its footer."""
@@ -343,6 +340,13 @@ class Output:
         files = (listing or self.listing()).files()
         with ThreadPoolExecutor(16) as pool:  # object stores answer slowly, but many at once
             return list(pool.map(lambda path: _footer(fs, path), files))
+
+
+def write_times(footers: list[tuple[dict[str, int], list[list[float]]]]) -> np.ndarray:
+    """Rows of (chunk, rows, ok rows, unix time written), in time order, from the metadata files' footers
+    (:meth:`Output.footers`; files written before daskimg 0.2 have no such records)."""
+    table = np.array([r for _, chunks in footers for r in chunks], dtype=np.float64).reshape(-1, 4)
+    return table[np.argsort(table[:, 3], kind="stable")]
 
 
 def _footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, int], list[list[float]]]:
