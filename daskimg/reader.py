@@ -99,7 +99,9 @@ class ImageReader:
             raise ConfigError(f"dtype must be uint8 or float32, got {dtype!r}")
         if (mean is not None or std is not None) and dtype == "uint8":
             raise ConfigError("mean/std normalisation needs dtype='float32'")
-        if (rank is None) != (world_size is None) or (world_size is not None and not 0 <= rank < world_size):  # type: ignore[operator]
+        if (rank is None) != (world_size is None):
+            raise ConfigError("rank and world_size go together")
+        if rank is not None and world_size is not None and not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in 0 .. world_size - 1, got rank {rank} of {world_size}")
         self.path = path
         self.batch_size, self.shuffle, self.shuffle_chunks = batch_size, shuffle, shuffle_chunks
@@ -108,8 +110,8 @@ class ImageReader:
         self.epoch = 0
         self._out, self._chunks = locate_output(path, storage_options)
         stored = self._chunks.dtype
-        self._float = dtype == "float32" or ((mean is not None or std is not None) and stored != np.float32)
-        self._scale = 1 / 255 if self._float and stored == np.uint8 else None
+        self._float = dtype == "float32" or mean is not None or std is not None
+        self._scale = 1 / 255 if stored == np.uint8 else None  # float outputs are stored in [0, 1] already
         self._mean = None if mean is None else np.asarray(mean, dtype=np.float32)
         self._std = None if std is None else np.asarray(std, dtype=np.float32)
         self._stored_channels_first = self._chunks.channels_first

@@ -28,12 +28,12 @@ from .server import FaultServer
 ROWS, CHUNK = 100, 8
 
 
-def build(path: Path, server: FaultServer, client: Client, **run: object) -> pd.DataFrame:
+def build(path: Path, server: FaultServer, client: Client, dtype: str = "uint8", **run: object) -> pd.DataFrame:
     """An output of ROWS rows in chunks of CHUNK: images, with 404s and a web page among them; its metadata."""
     urls = [server.url("/missing") if i % 7 == 3 else server.url("/html") if i % 11 == 5
             else server.url(f"/img/{['photo.jpg', 'tall.png', 'photo.webp'][i % 3]}?row={i}") for i in range(ROWS)]
     summary = (daskimg.read_urls(urls, chunk=CHUNK).fetch(allow_private_network=True)
-               .preprocess(size=16).run(str(path), client=client, progress=False, **run))  # type: ignore[arg-type]
+               .preprocess(size=16, dtype=dtype).run(str(path), client=client, progress=False, **run))  # type: ignore[arg-type]
     assert summary.complete
     return daskimg.open(str(path))[1]
 
@@ -113,6 +113,17 @@ def test_float_batches_are_normalised_per_channel_in_either_layout(output: tuple
     scaled = next(iter(daskimg.ImageReader(str(path), batch_size=8, shuffle=False, dtype="float32")))
     raw = next(iter(daskimg.ImageReader(str(path), batch_size=8, shuffle=False)))
     np.testing.assert_allclose(scaled.images, raw.images / 255, atol=1e-7)
+
+
+def test_a_float_output_is_normalised_as_stored_in_0_1(tmp_path: Path, server: FaultServer, client: Client) -> None:
+    build(tmp_path / "float.zarr", server, client, dtype="float32")
+    stored = next(iter(daskimg.ImageReader(str(tmp_path / "float.zarr"), batch_size=8, shuffle=False)))
+    assert stored.images.dtype == np.float32
+    assert stored.images.min() >= 0
+    assert stored.images.max() <= 1
+    normalised = next(iter(daskimg.ImageReader(str(tmp_path / "float.zarr"), batch_size=8, shuffle=False,
+                                               mean=0.5, std=0.25)))
+    np.testing.assert_allclose(normalised.images, (stored.images - 0.5) / 0.25, atol=1e-5)
 
 
 def test_the_reader_refuses_what_it_cannot_do(output: tuple[Path, np.ndarray], tmp_path: Path) -> None:
