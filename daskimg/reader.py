@@ -262,10 +262,10 @@ class _Buffer:
         self.rows = int(self.starts[-1])
 
     def take(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images and row numbers of rows ``picks`` of the buffer, copied once.
+        """Images and row numbers of rows ``picks`` of the buffer, in a new batch array.
 
         The rows come out grouped by chunk, in chunk order: a batch is a set of rows, and each
-        chunk's rows then go straight into one slice of the batch.
+        chunk's rows then go into one slice of the batch, without the buffer ever being one array.
         """
         picks = np.sort(picks)
         images = np.empty((len(picks), *self.parts[0][0].shape[1:]), dtype=self.parts[0][0].dtype)
