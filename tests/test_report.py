@@ -12,6 +12,7 @@ import pytest
 from distributed import Client
 
 import daskimg
+import daskimg.output._store
 
 from .browser import PAINTED_CANVASES, chromium, needs_chromium, requests
 from .server import FaultServer, free_port
@@ -106,3 +107,20 @@ def test_a_report_on_no_output_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr == f"daskimg: error: {tmp_path / 'nothing.zarr'} is not a daskimg output\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_large_output_is_sampled_file_by_file_and_its_counts_and_timings_stay_whole(
+    tmp_path: Path, server: FaultServer, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daskimg.output._store, "GROUP_ROWS", 16)  # two chunks a metadata file: 8 files
+    urls = [server.url("/missing") if i % 5 == 0 else server.url(f"/img/photo.jpg?large={i}") for i in range(120)]
+    path = tmp_path / "out.zarr"
+    assert (daskimg.read_urls(urls, chunk=8).fetch(allow_private_network=True).preprocess(size=16)
+            .to_zarr(str(path), client=client, progress=False).complete)
+    assert len(list((path / "metadata").glob("*.parquet"))) == 8
+    report = daskimg.Report.from_output(str(path), max_rows=40, samples=6)
+    assert report.counts == {"ok": 96, "http_error": 24}  # from every file's footer
+    assert report.sampled == 48  # three files of 16 rows, spread over the eight
+    assert "from a sample of 48 rows" in report.html()
+    assert sorted(report.chunk_times[:, 0].astype(int).tolist()) == list(range(15))  # kept through compaction
+    assert report.chunk_times[:, 1].sum() == 120
