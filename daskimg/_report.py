@@ -169,21 +169,24 @@ def _top_errors(failed: pd.DataFrame, per_status: int = 3) -> pd.DataFrame:
 
 
 def _thumbnails(chunks: Any, ok: pa.Table, samples: int, rng: np.random.Generator) -> list[tuple[int, str, bytes]]:
-    """JPEGs of about ``samples`` usable images, from a few chunks spread over the output."""
+    """JPEGs of ``samples`` usable images (fewer if there are not as many), a few from each of chunks
+    picked at random: a contact sheet from all over the output, reading a dozen chunks for 48 images."""
     if samples <= 0 or ok.num_rows == 0:
         return []
     index = ok["index"].to_numpy()
     urls = dict(zip(index.tolist(), ok["url"].to_pylist(), strict=True))
-    candidates = np.unique(index // chunks.out.chunk)
-    picked = np.sort(rng.choice(candidates, size=min(len(candidates), max(1, samples // 4)), replace=False))
-    per_chunk = -(-samples // len(picked))
-    thumbnails = []
-    for k in picked.tolist():
+    candidates = rng.permutation(np.unique(index // chunks.out.chunk))
+    per_chunk = max(4, -(-samples // len(candidates)))
+    thumbnails: list[tuple[int, str, bytes]] = []
+    for k in candidates.tolist():
         images, rows = chunks.read(k)
-        for j in np.sort(rng.choice(len(rows), size=min(len(rows), per_chunk), replace=False)).tolist():
+        take = min(len(rows), per_chunk, samples - len(thumbnails))
+        for j in np.sort(rng.choice(len(rows), size=take, replace=False)).tolist():
             row = int(rows[j])
             thumbnails.append((row, urls.get(row) or "", _jpeg(images[j], chunks.channels_first)))
-    return thumbnails[:samples]
+        if len(thumbnails) == samples:
+            break
+    return sorted(thumbnails)
 
 
 def _jpeg(image: np.ndarray, channels_first: bool) -> bytes:

@@ -225,6 +225,8 @@ def _errors(report: Report) -> str:
 
 
 def _no_times(report: Report) -> str:
+    if not report.counts:
+        return "No chunks written yet."
     if len(report.chunk_times):
         return "Too few chunks written to draw."
     return "No chunk timings: this output was written before daskimg recorded them."
