@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import IterableDataset
 
-from .reader import Batch
+from .reader import Batch, _torch_worker
 
 if TYPE_CHECKING:
     from .reader import ImageReader
@@ -17,14 +17,20 @@ __all__ = ["TorchImages"]
 
 
 class TorchImages(IterableDataset[Batch]):  # type: ignore[misc]  # torch may be absent when type-checking
-    """Tensor batches of an :class:`~daskimg.ImageReader`; each DataLoader worker and rank reads its own chunks."""
+    """Tensor batches of an :class:`~daskimg.ImageReader`; each DataLoader worker and rank reads its own chunks.
+
+    The epoch lives in shared memory, so that :meth:`set_epoch` in the training process reaches
+    DataLoader workers that persist across epochs (``persistent_workers=True``) as well as new ones.
+    """
 
     def __init__(self, reader: ImageReader) -> None:
         self.reader = reader
+        self._epoch = torch.tensor(reader.epoch, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
-        self.reader.set_epoch(epoch)
+        self._epoch.fill_(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, index in self.reader:
+        worker, workers = _torch_worker()
+        for images, index in self.reader.batches(int(self._epoch), worker=worker, workers=workers):
             yield Batch(torch.from_numpy(images), torch.from_numpy(index))

@@ -158,15 +158,22 @@ def test_the_reader_reads_an_npy_output_and_an_output_still_being_written(
 def test_the_reader_is_a_torch_iterable_dataset_for_a_data_loader(output: tuple[Path, np.ndarray]) -> None:
     torch = pytest.importorskip("torch")
     path, usable = output
-    dataset = daskimg.ImageReader(str(path), batch_size=8, seed=3).to_torch()
-    assert isinstance(dataset, torch.utils.data.IterableDataset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=3,
-                                         multiprocessing_context="spawn")
-    for epoch in (0, 1):
-        dataset.set_epoch(epoch)
-        batches = list(loader)
-        assert all(isinstance(b.images, torch.Tensor) and b.images.dtype == torch.uint8 for b in batches)
-        assert sorted(torch.cat([b.index for b in batches]).tolist()) == usable.tolist()
+    reader = daskimg.ImageReader(str(path), batch_size=8, seed=3)
+    expected = {epoch: sorted(i for b in reader.batches(epoch) for i in b.index.tolist()) for epoch in (0, 1)}
+    for persistent in (False, True):  # set_epoch reaches workers that live across epochs too
+        dataset = reader.to_torch()
+        assert isinstance(dataset, torch.utils.data.IterableDataset)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=3, persistent_workers=persistent,
+                                             multiprocessing_context="spawn")
+        orders = []
+        for epoch in (0, 1):
+            dataset.set_epoch(epoch)
+            batches = list(loader)
+            assert all(isinstance(b.images, torch.Tensor) and b.images.dtype == torch.uint8 for b in batches)
+            rows = torch.cat([b.index for b in batches]).tolist()
+            assert sorted(rows) == expected[epoch] == usable.tolist()
+            orders.append(sorted(tuple(b.index.tolist()) for b in batches))
+        assert orders[0] != orders[1]  # the workers read epoch 1's chunks and buffers, not epoch 0's again
 
 
 def test_xarray_opens_a_fresh_output_without_a_warning(output: tuple[Path, np.ndarray]) -> None:
