@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ._types import Status
 from .output import locate_output
-from .output._store import write_times
+from .output._store import total_counts, write_times
 
 __all__ = ["Report", "report"]
 
@@ -61,10 +61,7 @@ class Report:
         out, chunks = locate_output(path, storage_options)
         listing = out.listing()
         footers = out.footers(listing)
-        counts: dict[str, int] = {}
-        for file_counts, _ in footers:
-            for status, n in file_counts.items():
-                counts[status] = counts.get(status, 0) + n
+        counts = total_counts(footers)
         meta = _sample_metadata(out, listing.files(), [sum(c.values()) for c, _ in footers], max_rows)
         failed = meta.filter(pc.not_equal(meta["status"], Status.OK))
         hosts = pc.struct_field(pc.extract_regex(failed["url"], _HOST), "host")

@@ -58,6 +58,7 @@ class Chunks:
     DataLoader workers); each process opens the arrays once."""
 
     out: Output
+    shape: tuple[int, ...]  # one image's
     dtype: np.dtype[Any]
     channels_first: bool
 
@@ -80,9 +81,7 @@ class Chunks:
     def buffer(self) -> np.ndarray | None:
         """A new buffer for :meth:`read` to decode a chunk into, or None where pixels are not decoded here."""
         codec = self._codecs[0] if self.out.format == "zarr" else None
-        if codec is None:
-            return None
-        return np.empty(codec.array.chunks, dtype=codec.array.dtype.newbyteorder(codec.byteorder))
+        return None if codec is None else codec.buffer()
 
     def read(self, k: int, buffer: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The images of chunk ``k``'s usable rows and their row numbers; none for a chunk not written yet.
@@ -149,26 +148,22 @@ def _locate(path: str, storage_options: Mapping[str, Any] | None) -> tuple[Outpu
         settings = json.loads(fs.cat_file(f"{root}/{NPY_SETTINGS}"))["settings"]
         out = Output(path, "npy", settings["chunk"], settings["rows"], storage_options=storage_options)
         prep = PreprocessOptions(**settings["preprocess"])
-        return out, Chunks(out, np.dtype(prep.dtype), prep.channels_first)
+        return out, Chunks(out, prep.shape, np.dtype(prep.dtype), prep.channels_first)
     try:
         array = zarr.open_array(path, path="images", mode="r", **probe.zarr_options)
     except FileNotFoundError:
         raise OutputError(f"{path} is not a daskimg output") from None
     out = Output(path, "zarr", array.chunks[0], array.shape[0], storage_options=storage_options)
     dims = tuple(getattr(array.metadata, "dimension_names", None) or ())
-    return out, Chunks(out, np.dtype(array.dtype), dims[1:2] == ("channel",))
+    return out, Chunks(out, tuple(array.shape[1:]), np.dtype(array.dtype), dims[1:2] == ("channel",))
 
 
 def _open(path: str, lazy: bool | None, storage_options: Mapping[str, Any] | None) -> tuple[Any, Any]:
     import dask.array as da
 
     out, chunks = _locate(path, storage_options)
-    fs, root = out._fs
-    if out.format == "npy":
-        settings = json.loads(fs.cat_file(f"{root}/{NPY_SETTINGS}"))["settings"]
-        images = _npy_images(out, settings)
-    else:
-        images = da.from_zarr(chunks._arrays[0])
+    fs, _ = out._fs
+    images = _npy_images(chunks) if out.format == "npy" else da.from_zarr(chunks._arrays[0])
     files = out.listing().files()
     if lazy or (lazy is None and out.n_rows > LAZY_ROWS):
         import dask.dataframe as dd
@@ -181,13 +176,11 @@ def _open(path: str, lazy: bool | None, storage_options: Mapping[str, Any] | Non
     return images, meta
 
 
-def _npy_images(out: Output, settings: dict[str, Any]) -> Any:
+def _npy_images(chunks: Chunks) -> Any:
     """The npy chunks as one Dask array; chunks not written yet read as zeros, as in zarr."""
     import dask.array as da
 
-    from ..options import PreprocessOptions
-
-    prep = PreprocessOptions(**settings["preprocess"])
+    out = chunks.out
     fs, root = out._fs
     done = out.done_chunks()
     blocks = []
@@ -196,5 +189,5 @@ def _npy_images(out: Output, settings: dict[str, Any]) -> Any:
             blocks.append(da.from_array(load_npy(fs, f"{root}/images/{k:08d}.npy"), chunks=-1))
         else:
             rows = min(out.chunk, out.n_rows - k * out.chunk)
-            blocks.append(da.zeros((rows, *prep.shape), dtype=prep.dtype, chunks=-1))
+            blocks.append(da.zeros((rows, *chunks.shape), dtype=chunks.dtype, chunks=-1))
     return da.concatenate(blocks)

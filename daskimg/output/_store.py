@@ -53,7 +53,7 @@ from .._types import META_SCHEMA, STATUS_CODES, ImagePartition, Status
 from ..errors import OutputError
 
 __all__ = ["GROUP_ROWS", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec", "compressor",
-           "load_npy", "write_times"]
+           "load_npy", "total_counts", "write_times"]
 
 OutputFormat = Literal["zarr", "npy"]
 NPY_SETTINGS = "daskimg.json"
@@ -325,16 +325,9 @@ class Output:
 
     def status_counts(self, listing: Listing | None = None) -> dict[str, int]:
         """Counts by status over every written metadata file, from their footers."""
-        total: Counter[str] = Counter()
-        for counts, _ in self.footers(listing):
-            total.update(counts)
-        return dict(total)
+        return total_counts(self.footers(listing))
 
-    def chunk_times(self, listing: Listing | None = None) -> np.ndarray:
-        """When each written chunk was written (see :func:`write_times`)."""
-        return write_times(self.footers(listing))
-
-    def footers(self, listing: Listing | None = None) -> list[tuple[dict[str, int], list[list[float]]]]:
+    def footers(self, listing: Listing | None = None) -> Footers:
         """Each metadata file's counts by status and its chunks' write records, read from its footer."""
         fs, _ = self._fs
         files = (listing or self.listing()).files()
@@ -342,7 +335,18 @@ class Output:
             return list(pool.map(lambda path: _footer(fs, path), files))
 
 
-def write_times(footers: list[tuple[dict[str, int], list[list[float]]]]) -> np.ndarray:
+Footers = list[tuple[dict[str, int], list[list[float]]]]  # per metadata file: counts by status, chunk records
+
+
+def total_counts(footers: Footers) -> dict[str, int]:
+    """Counts by status over the metadata files whose footers these are (:meth:`Output.footers`)."""
+    total: Counter[str] = Counter()
+    for counts, _ in footers:
+        total.update(counts)
+    return dict(total)
+
+
+def write_times(footers: Footers) -> np.ndarray:
     """Rows of (chunk, rows, ok rows, unix time written), in time order, from the metadata files' footers
     (:meth:`Output.footers`; files written before daskimg 0.2 have no such records)."""
     table = np.array([r for _, chunks in footers for r in chunks], dtype=np.float64).reshape(-1, 4)
@@ -407,16 +411,23 @@ class ChunkCodec:
         raw = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder(self.byteorder))
         return bytes(self.compressor.encode(raw)) if self.compressor is not None else memoryview(raw.data).cast("B")
 
+    @property
+    def stored(self) -> np.dtype[Any]:
+        """The dtype of a chunk's bytes."""
+        return self.array.dtype.newbyteorder(self.byteorder)
+
+    def buffer(self) -> np.ndarray:
+        """An uninitialised whole chunk, for :meth:`decode` to decode into."""
+        return np.empty(self.array.chunks, dtype=self.stored)
+
     def decode(self, data: bytes, rows: int, out: np.ndarray | None = None) -> np.ndarray:
         """A whole stored chunk of ``rows`` rows (the last chunk is stored padded to full size),
-        decoded into ``out`` when it is given (a buffer of the chunk's shape and dtype, reused)."""
-        stored = self.array.dtype.newbyteorder(self.byteorder)
-        shape = self.array.chunks
+        decoded into ``out`` when it is given (a :meth:`buffer`, reused)."""
         if self.compressor is None:
-            chunk = np.frombuffer(data, dtype=stored).reshape(shape)
+            chunk = np.frombuffer(data, dtype=self.stored).reshape(self.array.chunks)
         else:
-            reuse = out is not None and out.shape == shape and out.dtype == stored
-            chunk = out if reuse else np.empty(shape, dtype=stored)  # type: ignore[assignment]
+            reuse = out is not None and out.shape == self.array.chunks and out.dtype == self.stored
+            chunk = out if reuse else self.buffer()  # type: ignore[assignment]
             self.compressor.decode(data, out=chunk)
         return chunk[:rows].astype(self.array.dtype, copy=False)
 
