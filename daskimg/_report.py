@@ -12,8 +12,6 @@ beyond, so a report on a billion-row output reads a few million rows.
 
 from __future__ import annotations
 
-import base64
-import datetime
 import html
 import io
 from collections.abc import Mapping
@@ -34,9 +32,6 @@ __all__ = ["Report", "report"]
 
 _COLUMNS = ["index", "url", "status", "error", "width", "height", "bytes"]
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>(?:\[[^\]]*\]|[^:/?#]*)(?::\d+)?)"  # with its port
-_OK_COLOUR = "#3a923a"
-_FAILURE_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-                    "#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2"]
 
 
 @dataclass
@@ -79,6 +74,16 @@ class Report:
         )
 
     @property
+    def rate(self) -> float | None:
+        """Rows written a second, over the time chunks were being written (gaps between runs left out)."""
+        times = self.chunk_times
+        if len(times) < 2:
+            return None
+        gaps = np.diff(times[:, 3])
+        busy = float(gaps[gaps < 300].sum())  # a pause of over 5 minutes: the run was stopped and resumed
+        return float(times[1:, 1].sum()) / busy if busy > 0 else None
+
+    @property
     def failed(self) -> int:
         return sum(n for status, n in self.counts.items() if status != Status.OK)
 
@@ -90,9 +95,8 @@ class Report:
         if len(self.hosts):
             top = self.hosts.groupby("host", sort=False)["rows"].sum().head(5)
             lines.append("  hosts with the most failures: " + ", ".join(f"{h} ({n:,})" for h, n in top.items()))
-        rate = _rate(self.chunk_times)
-        if rate is not None:
-            lines.append(f"  written at {rate:,.0f} rows/s on average")
+        if self.rate is not None:
+            lines.append(f"  written at {self.rate:,.0f} rows/s on average")
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -197,20 +201,3 @@ def _jpeg(image: np.ndarray, channels_first: bool) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, "JPEG", quality=85)
     return buf.getvalue()
-
-
-def _rate(times: np.ndarray) -> float | None:
-    """Rows written a second, over the time chunks were being written (gaps between runs left out)."""
-    if len(times) < 2:
-        return None
-    gaps = np.diff(times[:, 3])
-    busy = float(gaps[gaps < 300].sum())  # a pause of over 5 minutes: the run was stopped and resumed
-    return float(times[1:, 1].sum()) / busy if busy > 0 else None
-
-
-def data_uri(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-
-
-def when(unix: float) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

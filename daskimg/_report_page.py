@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import html
 from typing import TYPE_CHECKING, Any
 
@@ -11,13 +13,16 @@ from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, NumeralTick
 from bokeh.plotting import figure
 from bokeh.resources import Resources
 
-from ._report import _FAILURE_COLOURS, _OK_COLOUR, _rate, data_uri, when
 from ._types import Status
 
 if TYPE_CHECKING:
     from ._report import Report
 
 __all__ = ["page"]
+
+_OK_COLOUR = "#3a923a"
+_FAILURE_COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+                    "#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2"]
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
@@ -86,11 +91,11 @@ def _numbers(report: Report) -> str:
     if shape:
         cells.append(("images", f"{shape.get('height')}x{shape.get('width')} {shape.get('mode', '')} "
                                 f"{shape.get('dtype', '')}"))
-    rate = _rate(report.chunk_times)
-    if rate is not None:
-        cells.append(("written at", f"{rate:,.0f} rows/s"))
+    if report.rate is not None:
+        cells.append(("written at", f"{report.rate:,.0f} rows/s"))
     if len(report.chunk_times):
-        cells.append(("last chunk written", when(float(report.chunk_times[-1, 3]))))
+        written_at = datetime.datetime.fromtimestamp(float(report.chunk_times[-1, 3]), datetime.UTC)
+        cells.append(("last chunk written", written_at.strftime("%Y-%m-%d %H:%M:%S UTC")))
     return '<div class="numbers">' + "".join(
         f"<div>{html.escape(label)}<b>{html.escape(value)}</b></div>" for label, value in cells) + "</div>"
 
@@ -208,7 +213,8 @@ def _sheet(report: Report) -> str:
     cells = []
     for row, url, jpeg in report.thumbnails:
         label = html.escape(f"row {row}: {url}", quote=True)
-        cells.append(f'<figure><img src="{data_uri(jpeg)}" alt="{label}" title="{label}">'
+        uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        cells.append(f'<figure><img src="{uri}" alt="{label}" title="{label}">'
                      f"<figcaption>row {row}</figcaption></figure>")
     return '<div class="sheet">' + "".join(cells) + "</div>"
 

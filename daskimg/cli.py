@@ -183,20 +183,19 @@ def report_main(argv: Sequence[str]) -> int:
     args = report_parser().parse_args(argv)
     from pathlib import PurePosixPath
 
-    from ._report import Report
+    from ._report import report
 
     name = PurePosixPath(args.output.rstrip("/")).name or "output"
     target = args.html or f"{name.rsplit('.', 1)[0] if '.' in name else name}-report.html"
     try:
-        report = Report.from_output(args.output, storage_options=args.storage_options, samples=args.samples)
-        report.save(target)
+        made = report(args.output, html=target, storage_options=args.storage_options, samples=args.samples)
     except DaskimgError as e:
         print(f"daskimg: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the page's own file
         print(f"daskimg: error: cannot write {target}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(report)
+    print(made)
     print(f"daskimg: report written to {target}", file=sys.stderr)
     return 0
 
