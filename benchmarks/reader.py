@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import build_corpus, serve
+from run import corpus, img2dataset_command, served
 
 import daskimg
 from daskimg.output import locate_output
@@ -54,15 +54,9 @@ def timed(read: Callable[[], int], passes: int) -> float:
 
 
 def make_outputs(a: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
-    corpus = work / f"corpus-{a.files}"
-    if not (corpus / ".done").exists():
-        shutil.rmtree(corpus, ignore_errors=True)
-        build_corpus(corpus, a.files)
-        (corpus / ".done").touch()
-    names = sorted(p.name for p in corpus.iterdir() if not p.name.startswith("."))
+    root, names = corpus(work, a.files)
     out, shards = work / "daskimg.zarr", work / "webdataset"
-    base, server = serve(corpus, work)
-    try:
+    with served(root, work) as base:
         urls = work / "urls.txt"
         urls.write_text("".join(f"{base}/{names[i % len(names)]}?i={i}\n" for i in range(a.count)))
         for path in (out, shards):
@@ -70,18 +64,8 @@ def make_outputs(a: argparse.Namespace, work: Path) -> tuple[Path, list[str]]:
         subprocess.run([sys.executable, "-m", "daskimg", str(urls), str(out), "--size", str(a.size),
                         "--allow-private-network", "--no-progress", "--dashboard-address", ":0"], check=True)
         if a.img2dataset:
-            subprocess.run([a.img2dataset, "--url_list", str(urls), "--input_format", "txt", "--output_folder",
-                            str(shards), "--output_format", "webdataset", "--image_size", str(a.size),
-                            "--resize_mode", "center_crop", "--processes_count", str(os.cpu_count() or 1),
-                            "--thread_count", "64", "--number_sample_per_shard", "1000",
-                            "--disallowed_header_directives", "[]"], check=True,
+            subprocess.run(img2dataset_command(a.img2dataset, urls, shards, a.size, "webdataset"), check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finally:
-        if isinstance(server, subprocess.Popen):
-            server.terminate()
-            server.wait(10)
-        else:
-            server.close()  # type: ignore[attr-defined]
     return out, sorted(str(p) for p in shards.glob("*.tar"))
 
 

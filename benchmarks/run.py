@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -73,22 +73,48 @@ def build_corpus(out: Path, count: int, seed: int = 0) -> list[str]:
     return names
 
 
-def serve(root: Path, work: Path) -> tuple[str, object]:
-    """Serve ``root`` on loopback: nginx when installed, else a Python server; return (base URL, handle)."""
+def corpus(work: Path, files: int) -> tuple[Path, list[str]]:
+    """The corpus of ``files`` images under ``work`` (built on first use), and its file names."""
+    root = work / f"corpus-{files}"
+    if not (root / ".done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"# building {files} images in {root}", flush=True)
+        build_corpus(root, files)
+        (root / ".done").touch()
+    return root, sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+
+@contextlib.contextmanager
+def served(root: Path, work: Path) -> Iterator[str]:
+    """Serve ``root`` on loopback while the block runs: nginx when installed, else a Python server;
+    gives the base URL."""
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx:
-        port = _free_port()
-        conf = work / "nginx.conf"
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf.write_text(f"""{user}worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;
+    if not nginx:
+        with DemoServer(directory=root) as server:
+            yield server.url
+        return
+    port = _free_port()
+    conf = work / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"""{user}worker_processes 1; pid {work}/nginx.pid; error_log {work}/nginx.err;
 events {{ worker_connections 8192; }}
 http {{ access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeout 120;
   server {{ listen 127.0.0.1:{port}; root {root}; }} }}""")
-        proc = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"])
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"])
+    try:
         time.sleep(0.5)
-        return f"http://127.0.0.1:{port}", proc
-    server = DemoServer(directory=root)
-    return server.url, server
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def img2dataset_command(img2dataset: str, urls: Path, out: Path, size: int, output_format: str) -> list[str]:
+    """img2dataset on ``urls`` into ``out``: 64 threads per process, a process per core, centre crops."""
+    return [img2dataset, "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(out),
+            "--output_format", output_format, "--image_size", str(size), "--resize_mode", "center_crop",
+            "--processes_count", str(os.cpu_count() or 1), "--thread_count", "64", "--number_sample_per_shard",
+            "1000", "--disallowed_header_directives", "[]", "--timeout", "10"]
 
 
 class SilentServer:
@@ -205,11 +231,7 @@ def _commands(a: argparse.Namespace, wanted: list[str]) -> dict[str, Callable[[P
             sys.executable, "-m", "daskimg", str(urls), f"{out}.zarr", "--size", str(a.size),
             "--allow-private-network", "--dashboard-address", ":0"]
     if "img2dataset" in wanted and a.img2dataset:
-        commands["img2dataset"] = lambda urls, out: [
-            a.img2dataset, "--url_list", str(urls), "--input_format", "txt", "--output_folder", str(out),
-            "--output_format", "files", "--image_size", str(a.size), "--resize_mode", "center_crop",
-            "--processes_count", str(os.cpu_count() or 1), "--thread_count", "64", "--number_sample_per_shard",
-            "1000", "--disallowed_header_directives", "[]", "--timeout", "10"]
+        commands["img2dataset"] = lambda urls, out: img2dataset_command(a.img2dataset, urls, out, a.size, "files")
     if "daft" in wanted and a.daft:
         commands["daft"] = lambda urls, out: [
             a.daft, str(Path(__file__).with_name("daft_pipeline.py")), str(urls), f"{out}.npy", "--size", str(a.size)]
@@ -239,20 +261,13 @@ def main() -> None:
     a = ap.parse_args()
     wanted = a.only.split(",")
     work = a.workdir
-    corpus = work / f"corpus-{a.files}"
-    if not (corpus / ".done").exists():
-        shutil.rmtree(corpus, ignore_errors=True)
-        print(f"# building {a.files} images in {corpus}", flush=True)
-        build_corpus(corpus, a.files)
-        (corpus / ".done").touch()
-    names = sorted(p.name for p in corpus.iterdir() if not p.name.startswith("."))
+    root, names = corpus(work, a.files)
     results: dict[str, dict[str, float]] = {}
     if "limit" in wanted:
-        results["limit"] = {"img_s": decode_limit(corpus, a.count, a.size)}
-    base, server = serve(corpus, work)
+        results["limit"] = {"img_s": decode_limit(root, a.count, a.size)}
     silent = SilentServer()
     every = round(1 / a.silent_share) if a.silent_share > 0 else 0
-    try:
+    with served(root, work) as base, contextlib.closing(silent):
         urls, warmup = work / "urls.txt", work / "warmup.txt"
         urls.write_text("".join(f"{silent.url if every and i % every == every - 1 else base}/{names[i % len(names)]}"
                                 f"?i={i}\n" for i in range(a.count)))
@@ -266,13 +281,6 @@ def main() -> None:
             _clear(out)
             print(f"# {name}: {shlex.join(command(urls, out))}", flush=True)
             results[name] = measured(command(urls, out), work / f"{name}.log")
-    finally:
-        silent.close()
-        if isinstance(server, subprocess.Popen):
-            server.terminate()
-            server.wait(10)
-        else:
-            server.close()  # type: ignore[attr-defined]
     for r in results.values():
         if "wall_s" in r:
             r["img_s"] = a.count / r["wall_s"]

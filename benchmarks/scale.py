@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import _free_port, serve
+from run import _free_port, served
 
 from daskimg.demo import IMAGES
 
@@ -178,8 +178,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (root := work / "www").mkdir(exist_ok=True)
     Image.open(IMAGES / "coffee.jpg").convert("RGB").resize((32, 32)).save(root / "t.jpg", quality=90)
-    base, server = serve(root, work)
-    try:
+    with served(root, work) as base:
         t = time.monotonic()
         table = write_input(work, base, args.rows, args.format, args.shards)
         print(f"input: {args.rows} rows as {args.format} in {time.monotonic() - t:.0f} s", file=sys.stderr)
@@ -192,8 +191,6 @@ def main() -> None:
         if args.stop_after is not None:
             results["resumed"] = run_once(cmd, out, probe, min(args.stop_after, 30.0))
         print(json.dumps(results, indent=2))
-    finally:
-        getattr(server, "terminate", getattr(server, "close", lambda: None))()
 
 
 if __name__ == "__main__":
