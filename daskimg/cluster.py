@@ -17,15 +17,18 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     Each worker imports daskimg's stages as it starts, then freezes what it has imported
     (``gc.freeze``): the garbage collector's full collections no longer walk those millions of
     long-lived objects.
-``daskimg.local-cluster.pre-spawn-environ`` (default ``{MALLOC_TRIM_THRESHOLD_: null, MALLOC_ARENA_MAX: 1}``)
+``daskimg.local-cluster.pre-spawn-environ`` (default ``{MALLOC_MMAP_THRESHOLD_: 33554432, MALLOC_TRIM_THRESHOLD_: 268435456, MALLOC_ARENA_MAX: 1}``)
     Changes to Dask's ``distributed.nanny.pre-spawn-environ`` for the workers of the clusters
     daskimg starts (null removes a variable). A variable set in this process's environment
-    always wins, and this process's environment is left as it was.
+    always wins, and this process's environment is left as it was. glibc reads them (other C
+    libraries ignore them).
 
     * Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` so that glibc hands freed memory back to the
-      system at once. Setting it also switches off glibc's adaptive mmap threshold: every
-      buffer over 128 KiB (each decoded image) becomes a fresh ``mmap``, page-faulted in and
-      unmapped again. Left unset, freed image buffers are reused.
+      system at once, and maps every buffer over 128 KiB afresh. Image work frees and allocates
+      large buffers all the time: each decoded image, each chunk's pixels (12 MiB) and its
+      compressed copy. Each fresh mapping is page-faulted in and zeroed by the kernel, then
+      unmapped again. With buffers up to 32 MiB taken from the heap, and up to 256 MiB of free
+      heap kept, a chunk reuses the memory of the one before (a worker holds a few chunks).
     * ``MALLOC_ARENA_MAX=1``: by default glibc gives each busy thread an arena of its own, and
       each keeps the free memory of its thread's last big chunk (the fetching thread's bodies,
       the decoding thread's pixels). Shared, the free memory of one chunk serves the next.
@@ -193,6 +196,9 @@ def run_client(
             local = stack.enter_context(Client(cluster))
             cluster.scale(n_workers)
             if dashboard_address:
+                # Bokeh's import is most of the dashboard's cost. Here it runs while the nannies spawn
+                # their workers; on the scheduler's event loop it would hold them back.
+                import distributed.dashboard.scheduler  # noqa: F401
                 local.run_on_scheduler(_build_dashboard)
             local.wait_for_workers(n_workers, timeout="120s")
         local.register_plugin(tuning)
@@ -233,8 +239,8 @@ def _quiet_dashboard_disconnects() -> Iterator[None]:
 def _build_dashboard(dask_scheduler: Any = None) -> None:
     """The Bokeh dashboard of a scheduler started without it, built as the scheduler builds its own.
 
-    It takes about half a second of the scheduler's time; a scheduler started with it would
-    spend that before any worker could start.
+    A scheduler started with it would first spend half a second (importing Bokeh, mostly) before
+    any worker could start.
     """
     from distributed.dashboard.scheduler import connect
 
@@ -242,7 +248,11 @@ def _build_dashboard(dask_scheduler: Any = None) -> None:
 
 
 # daskimg.local-cluster.pre-spawn-environ: see the module; null removes a variable Dask would set.
-LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1"}
+LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's largest
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+    "MALLOC_ARENA_MAX": "1",
+}
 
 
 def _local_cluster_config() -> dict[str, object]:
