@@ -266,25 +266,29 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         for name in ("chunk", "workers", "threads_per_worker"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
-        from .job import read_urls
+        from .cluster import start_client
 
-        if own_process:
-            gc.freeze()
-        with _table(args, p) as (table, output):
-            job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format,
-                            storage_options=args.input_storage_options or args.storage_options)
-            job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
+        with start_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+                          dashboard_address=args.dashboard_address) as starting:
+            from .job import read_urls  # while a local cluster's workers start
 
-            def announce(client: Any) -> None:
-                print(f"daskimg: {job!r}\ndaskimg: dashboard at {client.dashboard_link}", file=sys.stderr,
-                      flush=True)
+            if own_process:
+                gc.freeze()
+            client = starting.ready()
+            with _table(args, p) as (table, output):
+                job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format,
+                                storage_options=args.input_storage_options or args.storage_options)
+                job = dataclasses.replace(job, fetch_options=fetch, preprocess_options=preprocess)
 
-            summary = job.run(
-                output, format=args.format, compression=args.compression, overwrite=args.overwrite,
-                storage_options=args.output_storage_options or args.storage_options,
-                scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-                dashboard_address=args.dashboard_address, progress=not args.no_progress, on_client=announce,
-            )
+                def announce(client: Any) -> None:
+                    print(f"daskimg: {job!r}\ndaskimg: dashboard at {client.dashboard_link}", file=sys.stderr,
+                          flush=True)
+
+                summary = job.run(
+                    output, client=client, format=args.format, compression=args.compression,
+                    overwrite=args.overwrite, storage_options=args.output_storage_options or args.storage_options,
+                    progress=not args.no_progress, on_client=announce,
+                )
     except DaskimgError as e:
         print(f"daskimg: error: {e}", file=sys.stderr)
         return 2

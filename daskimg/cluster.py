@@ -17,7 +17,8 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     Each worker imports daskimg's stages as it starts, then freezes what it has imported
     (``gc.freeze``): the garbage collector's full collections no longer walk those millions of
     long-lived objects.
-``daskimg.local-cluster.pre-spawn-environ`` (default ``{MALLOC_MMAP_THRESHOLD_: 33554432, MALLOC_TRIM_THRESHOLD_: 268435456, MALLOC_ARENA_MAX: 1}``)
+``daskimg.local-cluster.pre-spawn-environ``
+    (default ``{MALLOC_MMAP_THRESHOLD_: 33554432, MALLOC_TRIM_THRESHOLD_: 268435456, MALLOC_ARENA_MAX: 1}``)
     Changes to Dask's ``distributed.nanny.pre-spawn-environ`` for the workers of the clusters
     daskimg starts (null removes a variable). A variable set in this process's environment
     always wins, and this process's environment is left as it was. glibc reads them (other C
@@ -47,7 +48,7 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dask
@@ -57,8 +58,8 @@ from distributed.core import Status
 from ._compat import usable_cpus
 from .errors import ConfigError
 
-__all__ = ["WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
-           "run_client", "stalled_fetch", "stop_signals_to"]
+__all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
+           "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
 
 
 def default_workers() -> int:
@@ -140,6 +141,95 @@ class _HeartbeatAtClose(logging.Filter):
         return not (closing and record.getMessage().startswith("Failed to communicate with scheduler during heartbeat"))
 
 
+class Starting:
+    """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
+
+    def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
+                 until_ready: contextlib.ExitStack | None = None) -> None:
+        self.client = client
+        self._workers = workers  # workers of a cluster started here, still to join
+        self._dashboard = dashboard  # still to be built
+        self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
+
+    def ready(self) -> Client:
+        """The client, once a cluster started here has its dashboard and all its workers."""
+        with self._until_ready:
+            if self._dashboard:
+                self._dashboard = False
+                # Bokeh's import is most of the dashboard's cost. It runs here, in this thread, while the
+                # workers start; on the scheduler's event loop it would hold back their nannies.
+                import distributed.dashboard.scheduler  # noqa: F401
+
+                self.client.run_on_scheduler(_build_dashboard)
+            if self._workers:
+                workers, self._workers = self._workers, 0
+                self.client.wait_for_workers(workers, timeout=120)
+        return self.client
+
+
+@contextlib.contextmanager
+def start_client(
+    scheduler: str | None = None,
+    *,
+    client: Client | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 2,
+    dashboard_address: str | None = ":8787",
+) -> Iterator[Starting]:
+    """Choose the cluster a run uses, or start one without waiting for it; closes only what it started.
+
+    Order of choice: ``client`` if given; a new client to ``scheduler`` if given; the
+    active client of this process if there is one; else a fresh ``LocalCluster`` of
+    process workers (one per core, each with a thread for fetching while another
+    decodes) with :class:`WorkerTuning`. The caller can import and prepare while those
+    workers start, then call :meth:`Starting.ready`. Until then this process ignores
+    SIGINT and SIGTERM, so that the workers it spawns inherit that before they could act on
+    one (a worker the nanny restarts later ignores them from the plugin's setup on).
+    """
+    if client is not None:
+        yield Starting(client)
+        return
+    if scheduler:
+        try:
+            remote = Client(scheduler, timeout="10s")
+        except OSError as e:
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+        with remote:
+            yield Starting(remote)
+        return
+    try:
+        current = Client.current()
+    except ValueError:  # no active client
+        current = None
+    if current is not None:  # (a ValueError raised in the caller's block must not land in the except above)
+        yield Starting(current)
+        return
+    tuning = WorkerTuning()
+    with contextlib.ExitStack() as stack:
+        until_ready = contextlib.ExitStack()
+        stack.callback(until_ready.close)  # the caller may never get to ready()
+        if tuning.ignore_stop_signals:
+            until_ready.enter_context(ignoring_stop_signals())
+        stack.enter_context(_environ_kept())
+        stack.enter_context(_quiet_dashboard_disconnects())
+        stack.enter_context(dask.config.set(_local_cluster_config()))
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=0,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            # The scheduler serves /health and /metrics there even without a dashboard (then on any
+            # free port: Dask's default, 8787, may be another cluster's).
+            dashboard_address=dashboard_address or ":0",
+            scheduler_kwargs={"dashboard": False},  # built by Starting.ready, while the workers start
+            silence_logs=logging.ERROR,
+        ))
+        local = stack.enter_context(Client(cluster))
+        local.register_plugin(tuning)  # each worker sets it up as it joins
+        n_workers = workers or default_workers()
+        cluster.scale(n_workers)
+        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
+
+
 @contextlib.contextmanager
 def run_client(
     scheduler: str | None = None,
@@ -149,60 +239,11 @@ def run_client(
     threads_per_worker: int = 2,
     dashboard_address: str | None = ":8787",
 ) -> Iterator[Client]:
-    """Yield the client a run uses, closing only what this function started.
-
-    Order of choice: ``client`` if given; a new client to ``scheduler`` if given; the
-    active client of this process if there is one; else a fresh ``LocalCluster`` of
-    process workers (one per core, each with a thread for fetching while another
-    decodes) with :class:`WorkerTuning`, started here and closed on exit.
-    """
-    if client is not None:
-        yield client
-        return
-    if scheduler:
-        try:
-            remote = Client(scheduler, timeout="10s")
-        except OSError as e:
-            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
-        with remote:
-            yield remote
-        return
-    try:
-        current = Client.current()
-    except ValueError:  # no active client
-        current = None
-    if current is not None:  # (a ValueError raised in the caller's block must not land in the except above)
-        yield current
-        return
-    tuning = WorkerTuning()
-    n_workers = workers or default_workers()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_environ_kept())
-        stack.enter_context(_quiet_dashboard_disconnects())
-        stack.enter_context(dask.config.set(_local_cluster_config()))
-        # Workers started meanwhile inherit the ignored signals before they could act on one; a worker
-        # the nanny restarts later ignores them from the plugin's setup on.
-        with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=0,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                # The scheduler serves /health and /metrics there even without a dashboard (then on any
-                # free port: Dask's default, 8787, may be another cluster's).
-                dashboard_address=dashboard_address or ":0",
-                scheduler_kwargs={"dashboard": False},  # built below, while the workers start
-                silence_logs=logging.ERROR,
-            ))
-            local = stack.enter_context(Client(cluster))
-            cluster.scale(n_workers)
-            if dashboard_address:
-                # Bokeh's import is most of the dashboard's cost. Here it runs while the nannies spawn
-                # their workers; on the scheduler's event loop it would hold them back.
-                import distributed.dashboard.scheduler  # noqa: F401
-                local.run_on_scheduler(_build_dashboard)
-            local.wait_for_workers(n_workers, timeout="120s")
-        local.register_plugin(tuning)
-        yield local
+    """Yield the client a run uses, ready to run tasks (the choice is :func:`start_client`'s); closes
+    only what it started."""
+    with start_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
+                      dashboard_address=dashboard_address) as starting:
+        yield starting.ready()
 
 
 class _SessionlessDisconnect(logging.Filter):
@@ -264,7 +305,11 @@ def _local_cluster_config() -> dict[str, object]:
     the caller's value.
     """
     environ: dict[str, object] = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    own = {**LOCAL_PRE_SPAWN_ENVIRON, **dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})}
+    changes = dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})
+    if not isinstance(changes, Mapping):
+        raise ConfigError(f"the Dask config key daskimg.local-cluster.pre-spawn-environ must be a mapping of "
+                          f"variable names to values (null removes one), got {changes!r}")
+    own = {**LOCAL_PRE_SPAWN_ENVIRON, **changes}
     for key, value in own.items():
         if value is None:
             environ.pop(key, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -62,6 +63,55 @@ _RESTART = """
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_local_cluster_are_tuned_and_ignore_stop_signals_also_after_a_restart(tmp_path: Path) -> None:
     assert _python(_RESTART, tmp_path) == ["first (1, True)", "restarted (1, True)"]
+
+
+_START = """
+    import signal, urllib.request
+    from daskimg.cluster import start_client
+
+    def mine(signum, frame):
+        pass
+
+    def handlers():
+        return [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+
+    if __name__ == "__main__":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, mine)
+        with start_client(workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as starting:
+            print("while starting", handlers() == [signal.SIG_IGN] * 2)
+            client = starting.ready()
+            print("ready", len(client.scheduler_info()["workers"]), handlers() == [mine, mine])
+            with urllib.request.urlopen(client.dashboard_link, timeout=60) as page:
+                print("dashboard", page.status)
+        try:
+            with start_client(workers=1, threads_per_worker=1, dashboard_address=None):
+                raise ValueError("the input is unreadable")
+        except ValueError:
+            print("after an error before ready", handlers() == [mine, mine])
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+def test_a_starting_cluster_ignores_stop_signals_only_until_it_is_ready_or_abandoned(tmp_path: Path) -> None:
+    """The CLI imports while the workers start; the caller's handlers are back once they have
+    joined (with the dashboard built), and also when the caller's block fails before that."""
+    assert _python(_START, tmp_path) == [
+        "while starting True", "ready 2 True", "dashboard 200", "after an error before ready True",
+    ]
+
+
+def test_a_pre_spawn_environ_that_is_not_a_mapping_is_a_config_error() -> None:
+    import dask
+
+    from daskimg.cluster import _local_cluster_config
+    from daskimg.errors import ConfigError
+
+    with (dask.config.set({"daskimg.local-cluster.pre-spawn-environ": "MALLOC_ARENA_MAX=2"}),
+          pytest.raises(ConfigError, match="must be a mapping")):
+        _local_cluster_config()
+    with dask.config.set({"daskimg.local-cluster.pre-spawn-environ": {"MALLOC_ARENA_MAX": "2"}}):
+        assert _local_cluster_config()["distributed.nanny.pre-spawn-environ"]["MALLOC_ARENA_MAX"] == "2"
 
 
 _LEFT_AS_FOUND = """
