@@ -210,7 +210,9 @@ class Job:
         """
         if threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
-        check_output_location(path, storage_options)  # before a cluster starts for nothing
+        # Before a cluster starts for nothing (the command's own cluster is already starting by now: it
+        # imports daskimg while the workers spawn).
+        check_output_location(path, storage_options)
         start = time.monotonic()
         stop = Stop()
         with stop.handling(), run_client(scheduler, client=client, workers=workers,

@@ -133,7 +133,7 @@ def test_a_store_that_cannot_be_used_is_one_line_and_exit_2_and_no_bucket_is_mad
                           capture_output=True, text=True, timeout=300, env=without_aws_settings(), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = done.stderr.splitlines()
-    assert len(errors) == 1, done.stderr  # refused before a cluster started: nothing else was said
+    assert len(errors) == 1, done.stderr  # refused before the run began: nothing else was said
     assert errors[0].startswith(f"daskimg: error: {message.replace('BUCKET', bucket)}"), errors[0]
     if case == "missing input key":  # the bucket is there: the line says no more than that no file matches
         assert errors[0] == f"daskimg: error: {message.replace('BUCKET', bucket)}"
@@ -215,7 +215,7 @@ def test_wrong_credentials_are_one_line_and_exit_2(s3: S3, bucket: str, tmp_path
                               capture_output=True, text=True, timeout=300, env=without_aws_settings(), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = done.stderr.splitlines()
-    assert len(errors) == 1, done.stderr  # refused before a cluster started
+    assert len(errors) == 1, done.stderr  # refused before the run began
     where = f"cannot read s3://{bucket}/urls.parquet" if side == "input" else f"cannot use s3://{bucket}/out.zarr"
     assert errors[0].startswith(f"daskimg: error: {where}"), errors[0]
     assert ": access denied (" in errors[0]
