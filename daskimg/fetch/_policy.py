@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import re
 import time
 from urllib.parse import urlsplit
 
 __all__ = ["address_refusal", "opted_out", "retry_after", "url_refusal"]
 
 _MAX_URL = 8192
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # C0 controls and DEL
 
 
 def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_private: bool) -> str | None:
@@ -40,7 +42,7 @@ def url_refusal(url: object) -> str | None:
         return f"URL longer than {_MAX_URL} characters"
     if "\ufffd" in url:
         return "not valid UTF-8 in the input table"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url.strip()):
+    if _CONTROL.search(url.strip()):
         return "URL contains control characters"
     try:
         parts = urlsplit(url.strip())

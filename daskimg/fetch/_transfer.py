@@ -140,13 +140,10 @@ class _Fetcher:
 
         return open_socket
 
-    def _start(self, transfer: _Transfer) -> None:
+    def _handle(self) -> Any:
+        """A new easy handle with the options every transfer shares (a handle keeps them from one to the next)."""
         o = self.opts
-        c = self.idle.pop() if self.idle else pycurl.Curl()
-        transfer.reset()
-        remaining = max(0.001, transfer.deadline - time.monotonic())
-        self.busy[c] = transfer
-        c.setopt(pycurl.URL, transfer.url.strip())
+        c = pycurl.Curl()
         c.setopt(pycurl.PROTOCOLS, _PROTOCOLS)
         c.setopt(pycurl.REDIR_PROTOCOLS, _PROTOCOLS)
         c.setopt(pycurl.FOLLOWLOCATION, 1)
@@ -155,11 +152,20 @@ class _Fetcher:
         c.setopt(pycurl.NOSIGNAL, 1)
         c.setopt(pycurl.USERAGENT, o.user_agent)
         c.setopt(pycurl.HTTPHEADER, ["Accept: image/*,*/*;q=0.5"])
-        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * min(o.timeout, remaining)))
-        c.setopt(pycurl.TIMEOUT_MS, int(1000 * remaining))
         c.setopt(pycurl.LOW_SPEED_LIMIT, 1)
         c.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(o.timeout)))
         c.setopt(pycurl.MAXFILESIZE_LARGE, o.max_bytes)
+        return c
+
+    def _start(self, transfer: _Transfer) -> None:
+        o = self.opts
+        c = self.idle.pop() if self.idle else self._handle()
+        transfer.reset()
+        remaining = max(0.001, transfer.deadline - time.monotonic())
+        self.busy[c] = transfer
+        c.setopt(pycurl.URL, transfer.url.strip())
+        c.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * min(o.timeout, remaining)))
+        c.setopt(pycurl.TIMEOUT_MS, int(1000 * remaining))
         # Built-in methods as callbacks: no Python frame per header line or body chunk.
         c.setopt(pycurl.HEADERFUNCTION, transfer.headers.append)
         if _CURL_CAPS_STREAMS:
