@@ -74,16 +74,18 @@ def preprocess_partition(
     rows, results = fetched.rows, fetched.results
     n = len(rows)
     isolate = isolate and isolation.AVAILABLE
-    images = (isolation.shared_zeros if isolate else np.zeros)((n, *opts.shape), dtype=opts.dtype)
+    # Every row is written below (pixels, or zeros): no need to clear the whole chunk first.
+    images = (isolation.shared_zeros if isolate else np.empty)((n, *opts.shape), dtype=opts.dtype)
     status, error = [r.status for r in results], [r.error for r in results]
     width: list[int | None] = [None] * n
     height: list[int | None] = [None] * n
     fmt: list[str | None] = [None] * n
     for i, result in enumerate(results):
         data = result.data
-        if data is None:
-            continue
         out = images[i]
+        if data is None:
+            out[...] = 0
+            continue
         if isolate:
             outcome = isolation.run_isolated(functools.partial(_preprocess_one, data, opts, out), _crashed)
         else:

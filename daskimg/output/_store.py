@@ -267,15 +267,15 @@ class Output:
         """Pixels and flags of chunk ``k``, its metadata part, and its done marker unless a row is deferred."""
         start = k * self.chunk
         if self.format == "zarr":
-            array, flags, statuses, codec = _open_arrays(self)
-            stop = start + len(images)
-            if codec is not None and len(images) == self.chunk:
-                self._put(f"images/{codec.key(k)}", codec.encode(images))
-            else:
-                array[start:stop] = images
-            flags[start:stop] = ok
-            if statuses is not None:  # outputs made before daskimg 0.2 have no status array
-                statuses[start:stop] = meta["status"].map(STATUS_CODES).to_numpy(dtype=np.uint8)
+            arrays = _open_arrays(self)
+            values = [images, ok]
+            if len(arrays) == 3:  # outputs made before daskimg 0.2 have no status array
+                values.append(meta["status"].map(STATUS_CODES).to_numpy(dtype=np.uint8))
+            for (name, array, codec), chunk in zip(arrays, values, strict=True):
+                if codec is not None and len(chunk) == self.chunk:  # a whole chunk: its bytes, straight to the store
+                    self._put(f"{name}/{codec.key(k)}", codec.encode(chunk))
+                else:
+                    array[start : start + len(chunk)] = chunk
         else:
             self._put(f"images/{k:08d}.npy", _npy_bytes(images))
             self._put(f"ok/{k:08d}.npy", _npy_bytes(ok))
@@ -293,7 +293,7 @@ class Output:
         """Chunk ``k`` as written: pixels and flags (writable copies), and its metadata part."""
         fs, root = self._fs
         if self.format == "zarr":
-            array, flags, _, _ = _open_arrays(self)
+            (_, array, _), (_, flags, _), *_ = _open_arrays(self)
             start = k * self.chunk
             stop = start + self._rows(k)
             images, ok = np.asarray(array[start:stop]), np.asarray(flags[start:stop])
@@ -366,24 +366,25 @@ def _footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, int], l
 
 
 @functools.lru_cache(maxsize=8)
-def _open_arrays(
-    out: Output,
-) -> tuple[zarr.Array[Any], zarr.Array[Any], zarr.Array[Any] | None, ChunkCodec | None]:
-    """The output's arrays (images, ok, and status if it has one) and the images' chunk codec, made
-    once per worker process and output (an overwritten output at the same path has a new id, so its
-    new shape and dtype are read again).
+def _open_arrays(out: Output) -> list[tuple[str, zarr.Array[Any], ChunkCodec | None]]:
+    """The output's arrays (images, ok, and status if it has one), each with its name and chunk codec,
+    made once per worker process and output (an overwritten output at the same path has a new id, so
+    its new shape and dtype are read again).
 
     ``write_empty_chunks``: every chunk is written whole, so zarr's check for an all-zero chunk
     (a full comparison of megabytes of pixels) is pure cost.
     """
     config = {"write_empty_chunks": True}
-    images = zarr.open_array(out.path, path="images", mode="r+", config=config, **out.zarr_options)
-    ok = zarr.open_array(out.path, path="ok", mode="r+", config=config, **out.zarr_options)
-    try:
-        status: zarr.Array[Any] | None = zarr.open_array(out.path, path="status", mode="r+", **out.zarr_options)
-    except FileNotFoundError:
-        status = None
-    return images, ok, status, chunk_codec(images)
+    arrays = []
+    for name in ("images", "ok", "status"):
+        try:
+            array = zarr.open_array(out.path, path=name, mode="r+", config=config, **out.zarr_options)
+        except FileNotFoundError:
+            if name != "status":
+                raise
+            continue
+        arrays.append((name, array, chunk_codec(array)))
+    return arrays
 
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
