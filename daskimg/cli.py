@@ -240,13 +240,30 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+@contextlib.contextmanager
+def _imports_unwatched(own_process: bool) -> Iterator[None]:
+    """In the command's own process: no collection while the block imports, then what it made is frozen."""
+    if not own_process:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Run the CLI; returns the exit status.
 
-    ``own_process`` says that this process is the command's alone (:func:`entry_point`): once
-    the imports are done, what they made is frozen (``gc.freeze``), so that the collector's
-    full collections during the run (the scheduler of a local cluster runs in this process)
-    and the last one at exit no longer walk those millions of long-lived objects.
+    ``own_process`` says that this process is the command's alone (:func:`entry_point`): the
+    collector is paused while Dask and daskimg are imported (its full collections
+    would walk the growing heap of modules only to free nothing), and what they made is then
+    frozen (``gc.freeze``), so that the collections during the run (the scheduler of a local
+    cluster runs in this process) and the last one at exit no longer walk those long-lived objects.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
@@ -266,14 +283,13 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         for name in ("chunk", "workers", "threads_per_worker"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
-        from .cluster import start_client
+        with _imports_unwatched(own_process):
+            from .cluster import start_client
 
         with start_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
                           dashboard_address=args.dashboard_address) as starting:
-            from .job import read_urls  # while a local cluster's workers start
-
-            if own_process:
-                gc.freeze()
+            with _imports_unwatched(own_process):
+                from .job import read_urls  # while a local cluster's workers start
             client = starting.ready()
             with _table(args, p) as (table, output):
                 job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format,

@@ -14,9 +14,9 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     the chunks it can, then closing the cluster (the nanny stops its workers through a queue,
     and with SIGKILL if that fails).
 ``daskimg.worker.freeze-imports`` (default true)
-    Each worker imports daskimg's stages as it starts, then freezes what it has imported
-    (``gc.freeze``): the garbage collector's full collections no longer walk those millions of
-    long-lived objects.
+    Each worker imports daskimg's stages as it starts, with the garbage collector paused, then
+    freezes what it has imported (``gc.freeze``): the collector's full collections no longer
+    walk those millions of long-lived objects.
 ``daskimg.local-cluster.pre-spawn-environ``
     (default ``{MALLOC_MMAP_THRESHOLD_: 33554432, MALLOC_TRIM_THRESHOLD_: 268435456, MALLOC_ARENA_MAX: 1}``)
     Changes to Dask's ``distributed.nanny.pre-spawn-environ`` for the workers of the clusters
@@ -56,7 +56,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, 
 from distributed.core import Status
 
 from ._compat import usable_cpus
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
            "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
@@ -121,9 +121,15 @@ class WorkerTuning(WorkerPlugin):
             logger.removeFilter(old)
         logger.addFilter(_HeartbeatAtClose(worker))
         if self.freeze_imports:
-            for module in WORKER_IMPORTS:
-                importlib.import_module(module)
-            gc.freeze()
+            enabled = gc.isenabled()
+            gc.disable()  # a full collection amid the imports would walk them only to free nothing
+            try:
+                for module in WORKER_IMPORTS:
+                    importlib.import_module(module)
+            finally:
+                gc.freeze()
+                if enabled:
+                    gc.enable()
         if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
@@ -150,21 +156,42 @@ class Starting:
         self._workers = workers  # workers of a cluster started here, still to join
         self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
+        self._building: threading.Thread | None = None
 
     def ready(self) -> Client:
-        """The client, once a cluster started here has its dashboard and all its workers."""
-        with self._until_ready:
-            if self._dashboard:
-                self._dashboard = False
-                # Bokeh's import is most of the dashboard's cost. It runs here, in this thread, while the
-                # workers start; on the scheduler's event loop it would hold back their nannies.
-                import distributed.dashboard.scheduler  # noqa: F401
+        """The client, once all the workers of a cluster started here have joined.
 
-                self.client.run_on_scheduler(_build_dashboard)
+        The dashboard of such a cluster is built from then on, beside the run's first tasks, in
+        a thread of this process: importing Bokeh is most of its cost (about half a second of
+        CPU), and before the tasks it would hold back workers that are ready (on the scheduler's
+        event loop it would hold back their nannies). Its pages answer once
+        :meth:`dashboard_built`.
+        """
+        with self._until_ready:
             if self._workers:
                 workers, self._workers = self._workers, 0
                 self.client.wait_for_workers(workers, timeout=120)
+        if self._dashboard:
+            self._dashboard = False
+            self._building = threading.Thread(target=self._build_dashboard, name="daskimg-dashboard", daemon=True)
+            self._building.start()
         return self.client
+
+    def dashboard_built(self, timeout: float | None = None) -> bool:
+        """Wait until the dashboard built by :meth:`ready` is served (or its build failed); False on timeout."""
+        if self._building is not None:
+            self._building.join(timeout)
+            return not self._building.is_alive()
+        return True
+
+    def _build_dashboard(self) -> None:
+        try:
+            import distributed.dashboard.scheduler  # noqa: F401
+
+            self.client.run_on_scheduler(_build_dashboard)
+        except Exception as e:  # the cluster closed meanwhile, or Bokeh is broken: the run goes on without
+            if self.client.status == "running":
+                logging.getLogger(__name__).warning("the dashboard could not be built: %s", one_line(e))
 
 
 @contextlib.contextmanager
@@ -227,7 +254,9 @@ def start_client(
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
         cluster.scale(n_workers)
-        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
+        starting = Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
+        stack.callback(starting.dashboard_built)  # not closed under the dashboard being built
+        yield starting
 
 
 @contextlib.contextmanager
