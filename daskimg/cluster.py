@@ -56,7 +56,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, 
 from distributed.core import Status
 
 from ._compat import usable_cpus
-from .errors import ConfigError, one_line
+from .errors import ConfigError
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
            "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
@@ -156,42 +156,21 @@ class Starting:
         self._workers = workers  # workers of a cluster started here, still to join
         self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
-        self._building: threading.Thread | None = None
 
     def ready(self) -> Client:
-        """The client, once all the workers of a cluster started here have joined.
-
-        The dashboard of such a cluster is built from then on, beside the run's first tasks, in
-        a thread of this process: importing Bokeh is most of its cost (about half a second of
-        CPU), and before the tasks it would hold back workers that are ready (on the scheduler's
-        event loop it would hold back their nannies). Its pages answer once
-        :meth:`dashboard_built`.
-        """
+        """The client, once a cluster started here has its dashboard and all its workers."""
         with self._until_ready:
+            if self._dashboard:
+                self._dashboard = False
+                # Bokeh's import is most of the dashboard's cost. It runs here, in this thread, while the
+                # workers start; on the scheduler's event loop it would hold back their nannies.
+                import distributed.dashboard.scheduler  # noqa: F401
+
+                self.client.run_on_scheduler(_build_dashboard)
             if self._workers:
                 workers, self._workers = self._workers, 0
                 self.client.wait_for_workers(workers, timeout=120)
-        if self._dashboard:
-            self._dashboard = False
-            self._building = threading.Thread(target=self._build_dashboard, name="daskimg-dashboard", daemon=True)
-            self._building.start()
         return self.client
-
-    def dashboard_built(self, timeout: float | None = None) -> bool:
-        """Wait until the dashboard built by :meth:`ready` is served (or its build failed); False on timeout."""
-        if self._building is not None:
-            self._building.join(timeout)
-            return not self._building.is_alive()
-        return True
-
-    def _build_dashboard(self) -> None:
-        try:
-            import distributed.dashboard.scheduler  # noqa: F401
-
-            self.client.run_on_scheduler(_build_dashboard)
-        except Exception as e:  # the cluster closed meanwhile, or Bokeh is broken: the run goes on without
-            if self.client.status == "running":
-                logging.getLogger(__name__).warning("the dashboard could not be built: %s", one_line(e))
 
 
 @contextlib.contextmanager
@@ -254,9 +233,7 @@ def start_client(
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
         cluster.scale(n_workers)
-        starting = Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
-        stack.callback(starting.dashboard_built)  # not closed under the dashboard being built
-        yield starting
+        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
 
 
 @contextlib.contextmanager

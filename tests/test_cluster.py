@@ -82,7 +82,6 @@ _START = """
             print("while starting", handlers() == [signal.SIG_IGN] * 2)
             client = starting.ready()
             print("ready", len(client.scheduler_info()["workers"]), handlers() == [mine, mine])
-            print("dashboard built", starting.dashboard_built(timeout=120))
             with urllib.request.urlopen(client.dashboard_link, timeout=60) as page:
                 print("dashboard", page.status)
         try:
@@ -96,10 +95,9 @@ _START = """
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
 def test_a_starting_cluster_ignores_stop_signals_only_until_it_is_ready_or_abandoned(tmp_path: Path) -> None:
     """The CLI imports while the workers start; the caller's handlers are back once they have
-    joined, and also when the caller's block fails before that. The dashboard is built after."""
+    joined (with the dashboard built), and also when the caller's block fails before that."""
     assert _python(_START, tmp_path) == [
-        "while starting True", "ready 2 True", "dashboard built True", "dashboard 200",
-        "after an error before ready True",
+        "while starting True", "ready 2 True", "dashboard 200", "after an error before ready True",
     ]
 
 
@@ -184,16 +182,14 @@ def test_an_error_in_the_callers_block_propagates_with_the_active_client(client:
 
 _DASHBOARD = """
     import urllib.request
-    from daskimg.cluster import start_client
+    from daskimg.cluster import run_client
 
     def get(url):
         with urllib.request.urlopen(url, timeout=60) as answer:
             return answer.status, answer.read().decode()
 
     if __name__ == "__main__":
-        with start_client(workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as starting:
-            client = starting.ready()
-            starting.dashboard_built(timeout=120)
+        with run_client(workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client:
             link = client.dashboard_link
             base = link.rsplit("/", 1)[0]
             print("health", get(base + "/health"))
