@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
+from ._gc import imports_frozen
 from .errors import DaskimgError, Interrupted
 from .options import (
     COMPRESSIONS,
@@ -240,20 +241,9 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-@contextlib.contextmanager
-def _imports_unwatched(own_process: bool) -> Iterator[None]:
-    """In the command's own process: no collection while the block imports, then what it made is frozen."""
-    if not own_process:
-        yield
-        return
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+def _imports_unwatched(own_process: bool) -> contextlib.AbstractContextManager[None]:
+    """In the command's own process: :func:`daskimg._gc.imports_frozen`; elsewhere nothing."""
+    return imports_frozen() if own_process else contextlib.nullcontext()
 
 
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:

@@ -41,7 +41,6 @@ The same plugin can be registered on a cluster of your own:
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import logging
 import os
@@ -56,6 +55,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, 
 from distributed.core import Status
 
 from ._compat import usable_cpus
+from ._gc import imports_frozen
 from .errors import ConfigError
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
@@ -121,15 +121,9 @@ class WorkerTuning(WorkerPlugin):
             logger.removeFilter(old)
         logger.addFilter(_HeartbeatAtClose(worker))
         if self.freeze_imports:
-            enabled = gc.isenabled()
-            gc.disable()  # a full collection amid the imports would walk them only to free nothing
-            try:
+            with imports_frozen():
                 for module in WORKER_IMPORTS:
                     importlib.import_module(module)
-            finally:
-                gc.freeze()
-                if enabled:
-                    gc.enable()
         if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)

@@ -366,7 +366,7 @@ def _footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, int], l
 
 
 @functools.lru_cache(maxsize=8)
-def _open_arrays(out: Output) -> list[tuple[str, zarr.Array[Any], ChunkCodec | None]]:
+def _open_arrays(out: Output) -> tuple[tuple[str, zarr.Array[Any], ChunkCodec | None], ...]:
     """The output's arrays (images, ok, and status if it has one), each with its name and chunk codec,
     made once per worker process and output (an overwritten output at the same path has a new id, so
     its new shape and dtype are read again).
@@ -384,7 +384,7 @@ def _open_arrays(out: Output) -> list[tuple[str, zarr.Array[Any], ChunkCodec | N
                 raise
             continue
         arrays.append((name, array, chunk_codec(array)))
-    return arrays
+    return tuple(arrays)  # cached: shared by every caller
 
 
 _SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
