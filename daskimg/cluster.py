@@ -46,6 +46,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -145,14 +146,16 @@ class Starting:
     """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
 
     def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
-                 until_ready: contextlib.ExitStack | None = None) -> None:
+                 until_ready: contextlib.ExitStack | None = None, cluster: LocalCluster | None = None) -> None:
         self.client = client
-        self._workers = workers  # workers of a cluster started here, still to join
+        self._cluster = cluster  # started here
+        self._workers = workers  # workers of that cluster, still to join
         self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
 
     def ready(self) -> Client:
-        """The client, once a cluster started here has its dashboard and all its workers."""
+        """The client, once a cluster started here has its dashboard and all its workers, each with a
+        nanny that has finished starting it (only then does the nanny restart a worker that dies)."""
         with self._until_ready:
             if self._dashboard:
                 self._dashboard = False
@@ -164,7 +167,19 @@ class Starting:
             if self._workers:
                 workers, self._workers = self._workers, 0
                 self.client.wait_for_workers(workers, timeout=120)
+                self._wait_for_nannies(workers, deadline=time.monotonic() + 120)
         return self.client
+
+    def _wait_for_nannies(self, workers: int, deadline: float) -> None:
+        """Until the cluster counts every nanny as started. A worker joins the scheduler a moment before
+        its nanny hears from it, and one that dies in between is never restarted (its nanny's start
+        fails instead). The cluster adds its nannies once all have started; if a worker is lost
+        meanwhile, that will not happen, and waiting stops."""
+        cluster = self._cluster
+        while cluster is not None and len(cluster.workers) < workers and time.monotonic() < deadline:
+            if len(self.client.nthreads()) < workers:
+                break
+            time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -227,7 +242,7 @@ def start_client(
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
         cluster.scale(n_workers)
-        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
+        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready, cluster=cluster)
 
 
 @contextlib.contextmanager
