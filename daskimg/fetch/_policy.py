@@ -35,17 +35,18 @@ def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_pri
 
 
 def url_refusal(url: object) -> str | None:
-    """Why a table cell is not a fetchable URL, or ``None``."""
-    if not isinstance(url, str) or not url.strip():
+    """Why a table cell is not a fetchable URL (surrounding whitespace aside), or ``None``."""
+    url = url.strip() if isinstance(url, str) else ""
+    if not url:
         return "empty or missing URL"
     if len(url) > _MAX_URL:
         return f"URL longer than {_MAX_URL} characters"
     if "\ufffd" in url:
         return "not valid UTF-8 in the input table"
-    if _CONTROL.search(url.strip()):
+    if _CONTROL.search(url):
         return "URL contains control characters"
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         host = parts.hostname
     except ValueError as e:
         return f"not a URL: {e}"
