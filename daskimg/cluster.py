@@ -146,10 +146,9 @@ class Starting:
     """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
 
     def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
-                 until_ready: contextlib.ExitStack | None = None, cluster: LocalCluster | None = None) -> None:
+                 until_ready: contextlib.ExitStack | None = None) -> None:
         self.client = client
-        self._cluster = cluster  # started here
-        self._workers = workers  # workers of that cluster, still to join
+        self._workers = workers  # workers of a cluster started here, still to join
         self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
 
@@ -175,7 +174,7 @@ class Starting:
         its nanny hears from it, and one that dies in between is never restarted (its nanny's start
         fails instead). The cluster adds its nannies once all have started; if a worker is lost
         meanwhile, that will not happen, and waiting stops."""
-        cluster = self._cluster
+        cluster = self.client.cluster  # the LocalCluster start_client started
         while cluster is not None and len(cluster.workers) < workers and time.monotonic() < deadline:
             if len(self.client.nthreads()) < workers:
                 break
@@ -242,7 +241,7 @@ def start_client(
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
         cluster.scale(n_workers)
-        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready, cluster=cluster)
+        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
 
 
 @contextlib.contextmanager

@@ -163,7 +163,7 @@ class _Fetcher:
         transfer.reset()
         remaining = max(0.001, transfer.deadline - time.monotonic())
         self.busy[c] = transfer
-        c.setopt(pycurl.URL, transfer.url.strip())
+        c.setopt(pycurl.URL, transfer.url)
         c.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * min(o.timeout, remaining)))
         c.setopt(pycurl.TIMEOUT_MS, int(1000 * remaining))
         # Built-in methods as callbacks: no Python frame per header line or body chunk.
