@@ -43,12 +43,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -57,10 +58,13 @@ from distributed.core import Status
 
 from ._compat import usable_cpus
 from ._gc import imports_frozen
-from .errors import ConfigError
+from .errors import ConfigError, Interrupted
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
            "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
+
+
+SPAWN_WAIT = 10.0  # seconds start_client waits at most, stop signals ignored, for the workers' processes
 
 
 def default_workers() -> int:
@@ -146,15 +150,20 @@ class Starting:
     """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
 
     def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
-                 until_ready: contextlib.ExitStack | None = None) -> None:
+                 until_ready: contextlib.ExitStack | None = None, heard: Sequence[int] = ()) -> None:
         self.client = client
         self._workers = workers  # workers of a cluster started here, still to join
         self._dashboard = dashboard  # still to be built
-        self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (ignored signals)
+        self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (kept stop signals)
+        self._heard = heard  # the stop signals kept meanwhile
 
     def ready(self) -> Client:
         """The client, once a cluster started here has its dashboard and all its workers, each with a
-        nanny that has finished starting it (only then does the nanny restart a worker that dies)."""
+        nanny that has finished starting it (only then does the nanny restart a worker that dies).
+
+        Raises :class:`~daskimg.errors.Interrupted` then if SIGINT or SIGTERM came meanwhile (see
+        :func:`start_client`).
+        """
         with self._until_ready:
             if self._dashboard:
                 self._dashboard = False
@@ -167,6 +176,8 @@ class Starting:
                 workers, self._workers = self._workers, 0
                 self.client.wait_for_workers(workers, timeout=120)
                 self._wait_for_nannies(workers, deadline=time.monotonic() + 120)
+        if self._heard:
+            raise Interrupted(self._heard[0])
         return self.client
 
     def _wait_for_nannies(self, workers: int, deadline: float) -> None:
@@ -196,9 +207,16 @@ def start_client(
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
     decodes) with :class:`WorkerTuning`. The caller can import and prepare while those
-    workers start, then call :meth:`Starting.ready`. Until then this process ignores
-    SIGINT and SIGTERM, so that the workers it spawns inherit that before they could act on
-    one (a worker the nanny restarts later ignores them from the plugin's setup on).
+    workers start, then call :meth:`Starting.ready`.
+
+    Ctrl-C reaches every process of the terminal's foreground group (and a batch scheduler's
+    SIGTERM every process of the job): only the caller should act on it, by closing the cluster.
+    So this process ignores SIGINT and SIGTERM while it spawns the workers' processes, which
+    inherit that (a worker the nanny restarts later ignores them from the plugin's setup on).
+    One that comes before or after that, until :meth:`Starting.ready` returns, is kept, and
+    ready() raises it as :class:`~daskimg.errors.Interrupted` once the workers have joined: a
+    cluster closed while its workers join makes Dask log errors of its own (its view of them is
+    behind).
     """
     if client is not None:
         yield Starting(client)
@@ -220,10 +238,10 @@ def start_client(
         return
     tuning = WorkerTuning()
     with contextlib.ExitStack() as stack:
-        until_ready = contextlib.ExitStack()
-        stack.callback(until_ready.close)  # the caller may never get to ready()
+        heard: list[int] = []
+        until_ready = stack.enter_context(contextlib.ExitStack())  # the caller may never get to ready()
         if tuning.ignore_stop_signals:
-            until_ready.enter_context(ignoring_stop_signals())
+            until_ready.enter_context(stop_signals_to(lambda signum, frame: heard.append(signum)))
         stack.enter_context(_environ_kept())
         stack.enter_context(_quiet_dashboard_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))
@@ -240,8 +258,11 @@ def start_client(
         local = stack.enter_context(Client(cluster))
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
-        cluster.scale(n_workers)
-        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready)
+        with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
+            children = _child_processes()
+            cluster.scale(n_workers)
+            _wait_for_spawn(local, n_workers, children, deadline=time.monotonic() + SPAWN_WAIT)
+        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready, heard=heard)
 
 
 @contextlib.contextmanager
@@ -289,6 +310,20 @@ def _quiet_dashboard_disconnects() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def _wait_for_spawn(client: Client, workers: int, before: frozenset[int], deadline: float) -> None:
+    """Until this process has spawned the processes of ``workers`` workers, or one of them has joined."""
+    while time.monotonic() < deadline:
+        # (multiprocessing's own list: Dask's nannies start their workers as multiprocessing processes)
+        if len(_child_processes() - before) >= workers or client.nthreads():
+            return
+        time.sleep(0.005)
+
+
+def _child_processes() -> frozenset[int]:
+    """The process ids of this process's live multiprocessing children (which Dask's nannies start)."""
+    return frozenset(p.pid for p in multiprocessing.active_children() if p.pid is not None)
 
 
 def _build_dashboard(dask_scheduler: Any = None) -> None:
@@ -356,11 +391,14 @@ def stop_signals_to(handler: Any) -> Iterator[None]:
     """SIGINT and SIGTERM go to ``handler`` meanwhile, then to what they went to before.
 
     On the main thread only: elsewhere signals do not reach Python code, and nothing changes.
+    A signal this process ignores stays ignored (so does a background job of a shell script:
+    its Ctrl-C is the script's).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in stops}
     try:
         yield
     finally:

@@ -253,6 +253,28 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
 
 
 @pytest.mark.slow
+def test_a_command_started_with_sigint_ignored_runs_through_ctrl_c(tmp_path: Path, server: FaultServer) -> None:
+    """A shell script's background jobs start with SIGINT ignored: Ctrl-C is for the script, not for them.
+    It stays ignored in the command and its workers, at every moment of the run."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=100&bg={i}\n") for i in range(48)))
+    cmd = [sys.executable, "-m", "daskimg", str(urls), str(tmp_path / "out.zarr"), "--size", "32", "--chunk", "8",
+           "--concurrency", "2", "--allow-private-network", *QUIET]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    while run.poll() is None:
+        os.killpg(run.pid, signal.SIGINT)
+        time.sleep(0.1)
+    stdout, stderr = run.communicate()
+    assert run.returncode == 0, stderr[-2000:]
+    assert "48 rows processed" in stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_any_moment_never_leaves_a_chunk_marked_done_that_is_incomplete(
     tmp_path: Path, server: FaultServer, client: Client, seed: int

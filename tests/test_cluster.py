@@ -66,11 +66,14 @@ def test_workers_of_a_local_cluster_are_tuned_and_ignore_stop_signals_also_after
 
 
 _START = """
-    import signal, urllib.request
+    import os, signal, urllib.request
     from daskimg.cluster import start_client
+    from daskimg.errors import Interrupted
+
+    calls = []
 
     def mine(signum, frame):
-        pass
+        calls.append(signum)
 
     def handlers():
         return [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
@@ -79,8 +82,12 @@ _START = """
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, mine)
         with start_client(workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as starting:
-            print("while starting", handlers() == [signal.SIG_IGN] * 2)
-            client = starting.ready()
+            os.kill(os.getpid(), signal.SIGTERM)  # while the workers start
+            try:
+                starting.ready()
+            except Interrupted as e:
+                print("kept until ready", e.signum == signal.SIGTERM, calls)
+            client = starting.client
             print("ready", len(client.scheduler_info()["workers"]), handlers() == [mine, mine])
             # (a nanny restarts a worker that dies only once its own start is over)
             print("nannies started", [n.status.name for n in client.cluster.workers.values()])
@@ -95,13 +102,49 @@ _START = """
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
-def test_a_starting_cluster_ignores_stop_signals_only_until_it_is_ready_or_abandoned(tmp_path: Path) -> None:
-    """The CLI imports while the workers start; the caller's handlers are back once they have
-    joined (with the dashboard built), and also when the caller's block fails before that."""
+def test_a_starting_cluster_keeps_stop_signals_only_until_it_is_ready_or_abandoned(tmp_path: Path) -> None:
+    """The CLI imports while the workers start; a stop signal meanwhile is raised by ready() once they
+    have joined (with the dashboard built), the caller's handlers are back then, and also when the
+    caller's block fails before that."""
     assert _python(_START, tmp_path) == [
-        "while starting True", "ready 2 True", "nannies started ['running', 'running']",
+        "kept until ready True []", "ready 2 True", "nannies started ['running', 'running']",
         "dashboard 200", "after an error before ready True",
     ]
+
+
+_CTRL_C_WHILE_STARTING = """
+    import multiprocessing, os, signal, threading, time
+    from pathlib import Path
+    from daskimg.cluster import start_client
+
+    def sigint_ignored():
+        status = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
+        ignored = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+        return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+    def ctrl_c_once_heeded():
+        while sigint_ignored():
+            time.sleep(0.002)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if __name__ == "__main__":
+        try:
+            with start_client(workers=2, threads_per_worker=1, dashboard_address=None) as starting:
+                threading.Thread(target=ctrl_c_once_heeded, daemon=True).start()
+                starting.ready()
+                print("ready")
+        except KeyboardInterrupt as e:
+            print("stopped while starting", type(e).__name__, e.signum)
+        print("processes left", multiprocessing.active_children())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_while_the_workers_start_stops_the_caller_once_they_are_up(tmp_path: Path) -> None:
+    """The signal is ignored only while the workers' processes are spawned (they inherit that); one
+    that comes later is kept, and raised as Interrupted once the workers have joined."""
+    assert _python(_CTRL_C_WHILE_STARTING, tmp_path) == [
+        f"stopped while starting Interrupted {int(signal.SIGINT)}", "processes left []"]
 
 
 def test_a_pre_spawn_environ_that_is_not_a_mapping_is_a_config_error() -> None:
