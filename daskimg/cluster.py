@@ -65,6 +65,7 @@ __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals
 
 
 SPAWN_WAIT = 10.0  # seconds start_client waits at most, stop signals ignored, for the workers' processes
+STOP_PATIENCE = 5.0  # seconds Starting.ready() still waits for the workers after a stop signal
 
 
 def default_workers() -> int:
@@ -150,19 +151,19 @@ class Starting:
     """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
 
     def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
-                 until_ready: contextlib.ExitStack | None = None, heard: Sequence[int] = ()) -> None:
+                 until_ready: contextlib.ExitStack | None = None, heard: Sequence[tuple[int, float]] = ()) -> None:
         self.client = client
         self._workers = workers  # workers of a cluster started here, still to join
         self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (kept stop signals)
-        self._heard = heard  # the stop signals kept meanwhile
+        self._heard = heard  # the stop signals kept meanwhile, and when they came (time.monotonic)
 
     def ready(self) -> Client:
         """The client, once a cluster started here has its dashboard and all its workers, each with a
         nanny that has finished starting it (only then does the nanny restart a worker that dies).
 
         Raises :class:`~daskimg.errors.Interrupted` then if SIGINT or SIGTERM came meanwhile (see
-        :func:`start_client`).
+        :func:`start_client`), or ``STOP_PATIENCE`` seconds after one if the workers are not up by then.
         """
         with self._until_ready:
             if self._dashboard:
@@ -174,11 +175,24 @@ class Starting:
                 self.client.run_on_scheduler(_build_dashboard)
             if self._workers:
                 workers, self._workers = self._workers, 0
-                self.client.wait_for_workers(workers, timeout=120)
+                self._wait_for_workers(workers, deadline=time.monotonic() + 120)
                 self._wait_for_nannies(workers, deadline=time.monotonic() + 120)
         if self._heard:
-            raise Interrupted(self._heard[0])
+            raise Interrupted(self._heard[0][0])
         return self.client
+
+    def _wait_for_workers(self, workers: int, deadline: float) -> None:
+        """Until ``workers`` workers have joined (Dask's ``TimeoutError`` at ``deadline``), a second at a time:
+        workers that are still not up ``STOP_PATIENCE`` s after a stop signal may never be."""
+        while True:
+            try:
+                self.client.wait_for_workers(workers, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                if self._heard and time.monotonic() - self._heard[0][1] >= STOP_PATIENCE:
+                    raise Interrupted(self._heard[0][0]) from None
+                if time.monotonic() >= deadline:
+                    raise
 
     def _wait_for_nannies(self, workers: int, deadline: float) -> None:
         """Until the cluster counts every nanny as started. A worker joins the scheduler a moment before
@@ -238,10 +252,10 @@ def start_client(
         return
     tuning = WorkerTuning()
     with contextlib.ExitStack() as stack:
-        heard: list[int] = []
+        heard: list[tuple[int, float]] = []
         until_ready = stack.enter_context(contextlib.ExitStack())  # the caller may never get to ready()
         if tuning.ignore_stop_signals:
-            until_ready.enter_context(stop_signals_to(lambda signum, frame: heard.append(signum)))
+            until_ready.enter_context(stop_signals_to(lambda signum, frame: heard.append((signum, time.monotonic()))))
         stack.enter_context(_environ_kept())
         stack.enter_context(_quiet_dashboard_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))

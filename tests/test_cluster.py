@@ -147,6 +147,32 @@ def test_ctrl_c_while_the_workers_start_stops_the_caller_once_they_are_up(tmp_pa
         f"stopped while starting Interrupted {int(signal.SIGINT)}", "processes left []"]
 
 
+_CTRL_C_WHILE_WORKERS_FAIL = """
+    import os, signal, threading, time
+    from daskimg.cluster import start_client
+
+    if __name__ == "__main__":
+        start = time.monotonic()
+        try:
+            with start_client(workers=1, threads_per_worker=1, dashboard_address=None) as starting:
+                threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+                starting.ready()
+                print("ready")
+        except KeyboardInterrupt as e:
+            print("stopped", type(e).__name__, time.monotonic() - start < 60)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
+def test_ctrl_c_stops_a_start_up_whose_workers_never_come_up(tmp_path: Path) -> None:
+    """A worker that dies as it starts (here a Dask preload that exits) would hold the caller for the
+    whole two-minute start-up timeout; a stop signal ends the wait a few seconds later."""
+    preload = tmp_path / "exit_at_start.py"
+    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
+    lines = _python(_CTRL_C_WHILE_WORKERS_FAIL, tmp_path, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    assert lines == ["stopped Interrupted True"]
+
+
 def test_a_pre_spawn_environ_that_is_not_a_mapping_is_a_config_error() -> None:
     import dask
 
