@@ -128,6 +128,7 @@ _CTRL_C_WHILE_STARTING = """
         os.kill(os.getpid(), signal.SIGINT)
 
     if __name__ == "__main__":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's; the tests may run with it ignored
         try:
             with start_client(workers=2, threads_per_worker=1, dashboard_address=None) as starting:
                 threading.Thread(target=ctrl_c_once_heeded, daemon=True).start()
@@ -152,6 +153,7 @@ _CTRL_C_WHILE_WORKERS_FAIL = """
     from daskimg.cluster import start_client
 
     if __name__ == "__main__":
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's; the tests may run with it ignored
         start = time.monotonic()
         try:
             with start_client(workers=1, threads_per_worker=1, dashboard_address=None) as starting:
