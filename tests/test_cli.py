@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -189,6 +191,18 @@ def test_kill_9_of_a_worker_mid_run_changes_nothing_in_the_output(
     assert (meta_a["status"] == "ok").all()
 
 
+def _started_with_sigint(cmd: list[str], disposition: Callable[[int, Any], Any] | signal.Handlers
+                         ) -> subprocess.Popen[str]:
+    """``cmd`` in a session of its own, started with SIGINT caught (it then starts at its default: exec
+    resets a caught signal) or ignored (it stays ignored), whatever this test process has."""
+    previous = signal.signal(signal.SIGINT, disposition)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["ctrl-c-to-the-group", "sigterm-to-the-command"])
@@ -202,14 +216,8 @@ def test_a_signal_stops_promptly_and_the_same_command_finishes_the_job(
     out = tmp_path / "out.zarr"
     cmd = [sys.executable, "-m", "daskimg", str(urls), str(out), "--size", "32", "--chunk", "8",
            "--concurrency", "2", "--allow-private-network", *QUIET]
-    # A caught signal is reset to its default by exec, an ignored one stays ignored: so that Ctrl-C
-    # reaches the command even when this test runs with SIGINT ignored (a background job, nohup).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    # Ctrl-C reaches the command even when this test runs with SIGINT ignored (a background job, nohup).
+    run = _started_with_sigint(cmd, signal.default_int_handler)
     before = sum(server.hits.values())
     done = out / "metadata" / "_done"
     deadline = time.monotonic() + 120
@@ -260,12 +268,7 @@ def test_a_command_started_with_sigint_ignored_runs_through_ctrl_c(tmp_path: Pat
     urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=100&bg={i}\n") for i in range(48)))
     cmd = [sys.executable, "-m", "daskimg", str(urls), str(tmp_path / "out.zarr"), "--size", "32", "--chunk", "8",
            "--concurrency", "2", "--allow-private-network", *QUIET]
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    run = _started_with_sigint(cmd, signal.SIG_IGN)
     while run.poll() is None:
         os.killpg(run.pid, signal.SIGINT)
         time.sleep(0.1)
