@@ -3,7 +3,8 @@
 A run uses the client it is given, else a client to the scheduler it is given, else the
 active client, else a ``LocalCluster`` that it starts and closes. daskimg changes nothing on a
 cluster it did not start. The clusters it starts are Dask's own (Dask's start method, profiler
-and environment) with :class:`WorkerTuning` registered, whose settings are Dask config keys:
+and environment) with :class:`WorkerTuning` registered and two changes to Dask's config; each
+setting is a Dask config key:
 
 ``daskimg.worker.opencv-threads`` (default 1)
     OpenCV's threads per worker process. A worker already runs one image per thread; OpenCV's
@@ -33,6 +34,12 @@ and environment) with :class:`WorkerTuning` registered, whose settings are Dask 
     * ``MALLOC_ARENA_MAX=1``: by default glibc gives each busy thread an arena of its own, and
       each keeps the free memory of its thread's last big chunk (the fetching thread's bodies,
       the decoding thread's pixels). Shared, the free memory of one chunk serves the next.
+``daskimg.local-cluster.profile-interval`` (default ``100ms``)
+    Dask's ``distributed.worker.profile.interval`` for the workers of the clusters daskimg
+    starts, unless that key is set to something other than Dask's default (10 ms): then the
+    caller's value stays. ``null`` leaves Dask's. At 10 ms, each worker's event loop walks the
+    stacks of its busy threads a hundred times a second, about 3% of a run's CPU (with
+    daskimg's short, busy tasks); every tenth sample still fills the dashboard's Profile page.
 
 The same plugin can be registered on a cluster of your own:
 ``client.register_plugin(daskimg.cluster.WorkerTuning())``.
@@ -53,6 +60,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
 from distributed.core import Status
 
@@ -357,16 +365,38 @@ LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {
     "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
     "MALLOC_ARENA_MAX": "1",
 }
+LOCAL_PROFILE_INTERVAL = "100ms"  # daskimg.local-cluster.profile-interval: see the module
 
 
 def _local_cluster_config() -> dict[str, object]:
-    """Dask's ``distributed.nanny.pre-spawn-environ`` for a cluster daskimg starts.
+    """The Dask config of a cluster daskimg starts: the pre-spawn environment and the profile interval.
 
-    Those variables must be in a worker's environment as its C libraries start. Dask's are
-    updated with ``daskimg.local-cluster.pre-spawn-environ`` (see the module); then a variable
-    the caller has set in this process's environment is left out, so that the workers inherit
-    the caller's value.
+    The variables of ``distributed.nanny.pre-spawn-environ`` must be in a worker's environment
+    as its C libraries start. Dask's are updated with ``daskimg.local-cluster.pre-spawn-environ``
+    (see the module); then a variable the caller has set in this process's environment is left
+    out, so that the workers inherit the caller's value. The profile interval is
+    ``daskimg.local-cluster.profile-interval``, unless the caller set Dask's own.
     """
+    config: dict[str, object] = {"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}
+    interval = dask.config.get("daskimg.local-cluster.profile-interval", LOCAL_PROFILE_INTERVAL)
+    if interval is not None and not _set_by_caller("distributed.worker.profile.interval"):
+        try:
+            parse_timedelta(interval, default="ms")  # as Dask's worker reads it
+        except (TypeError, ValueError, KeyError):
+            raise ConfigError(f"the Dask config key daskimg.local-cluster.profile-interval must be a time "
+                              f"such as '100ms' (null leaves Dask's), got {interval!r}") from None
+        config["distributed.worker.profile.interval"] = interval
+    return config
+
+
+def _set_by_caller(key: str) -> bool:
+    """Whether Dask's config key ``key`` differs from the default Dask ships for it."""
+    shipped = dask.config.get(key, None, config=dask.config.merge(*dask.config.defaults))
+    return bool(dask.config.get(key, None) != shipped)
+
+
+def _pre_spawn_environ() -> dict[str, object]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` with daskimg's changes, less the caller's own variables."""
     environ: dict[str, object] = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     changes = dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})
     if not isinstance(changes, Mapping):
@@ -378,7 +408,7 @@ def _local_cluster_config() -> dict[str, object]:
             environ.pop(key, None)
         else:
             environ[key] = value
-    return {"distributed.nanny.pre-spawn-environ": {k: v for k, v in environ.items() if k not in os.environ}}
+    return {k: v for k, v in environ.items() if k not in os.environ}
 
 
 @contextlib.contextmanager

@@ -39,11 +39,12 @@ _RESTART = """
     from daskimg.cluster import run_client
 
     def state():
-        import cv2
+        import cv2, dask
         status = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
         ignored = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
         stop_signals_ignored = all(ignored & (1 << (s - 1)) for s in (signal.SIGINT, signal.SIGTERM))
-        return os.getpid(), (cv2.getNumThreads(), stop_signals_ignored)
+        profile = dask.config.get("distributed.worker.profile.interval")
+        return os.getpid(), (cv2.getNumThreads(), stop_signals_ignored, profile)
 
     if __name__ == "__main__":
         with run_client(workers=1, threads_per_worker=1, dashboard_address=None) as client:
@@ -62,7 +63,7 @@ _RESTART = """
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_local_cluster_are_tuned_and_ignore_stop_signals_also_after_a_restart(tmp_path: Path) -> None:
-    assert _python(_RESTART, tmp_path) == ["first (1, True)", "restarted (1, True)"]
+    assert _python(_RESTART, tmp_path) == ["first (1, True, '100ms')", "restarted (1, True, '100ms')"]
 
 
 _START = """
@@ -186,6 +187,25 @@ def test_a_pre_spawn_environ_that_is_not_a_mapping_is_a_config_error() -> None:
         _local_cluster_config()
     with dask.config.set({"daskimg.local-cluster.pre-spawn-environ": {"MALLOC_ARENA_MAX": "2"}}):
         assert _local_cluster_config()["distributed.nanny.pre-spawn-environ"]["MALLOC_ARENA_MAX"] == "2"
+
+
+def test_the_profile_interval_of_local_clusters_leaves_one_the_caller_set() -> None:
+    import dask
+
+    from daskimg.cluster import _local_cluster_config
+    from daskimg.errors import ConfigError
+
+    key = "distributed.worker.profile.interval"
+    assert _local_cluster_config()[key] == "100ms"
+    with dask.config.set({"daskimg.local-cluster.profile-interval": "50ms"}):
+        assert _local_cluster_config()[key] == "50ms"
+    with dask.config.set({"daskimg.local-cluster.profile-interval": None}):
+        assert key not in _local_cluster_config()  # Dask's own
+    with dask.config.set({key: "5ms"}):
+        assert key not in _local_cluster_config()  # the caller's, which the cluster inherits
+    with (dask.config.set({"daskimg.local-cluster.profile-interval": "often"}),
+          pytest.raises(ConfigError, match="must be a time")):
+        _local_cluster_config()
 
 
 _LEFT_AS_FOUND = """
