@@ -63,6 +63,7 @@ import dask
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
 from distributed.core import Status
+from distributed.exceptions import WorkerStartTimeoutError
 
 from ._compat import usable_cpus
 from ._gc import imports_frozen
@@ -72,6 +73,7 @@ __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals
            "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
 
 
+START_TIMEOUT = 120.0  # seconds Starting.ready() waits for the workers to join, then for their nannies
 SPAWN_WAIT = 10.0  # seconds start_client waits at most, stop signals ignored, for the workers' processes
 STOP_PATIENCE = 5.0  # seconds Starting.ready() still waits for the workers after a stop signal
 
@@ -183,15 +185,16 @@ class Starting:
                 self.client.run_on_scheduler(_build_dashboard)
             if self._workers:
                 workers, self._workers = self._workers, 0
-                self._wait_for_workers(workers, deadline=time.monotonic() + 120)
-                self._wait_for_nannies(workers, deadline=time.monotonic() + 120)
+                self._wait_for_workers(workers, timeout=START_TIMEOUT)
+                self._wait_for_nannies(workers, deadline=time.monotonic() + START_TIMEOUT)
         if self._heard:
             raise Interrupted(self._heard[0][0])
         return self.client
 
-    def _wait_for_workers(self, workers: int, deadline: float) -> None:
-        """Until ``workers`` workers have joined (Dask's ``TimeoutError`` at ``deadline``), a second at a time:
-        workers that are still not up ``STOP_PATIENCE`` s after a stop signal may never be."""
+    def _wait_for_workers(self, workers: int, timeout: float) -> None:
+        """Until ``workers`` workers have joined (Dask's ``WorkerStartTimeoutError`` after ``timeout`` s), a
+        second at a time: workers that are still not up ``STOP_PATIENCE`` s after a stop signal may never be."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 self.client.wait_for_workers(workers, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
@@ -199,8 +202,8 @@ class Starting:
             except TimeoutError:
                 if self._heard and time.monotonic() - self._heard[0][1] >= STOP_PATIENCE:
                     raise Interrupted(self._heard[0][0]) from None
-                if time.monotonic() >= deadline:
-                    raise
+                if time.monotonic() >= deadline:  # (the last slice's error would say "after 1.0")
+                    raise WorkerStartTimeoutError(len(self.client.nthreads()), workers, timeout) from None
 
     def _wait_for_nannies(self, workers: int, deadline: float) -> None:
         """Until the cluster counts every nanny as started. A worker joins the scheduler a moment before

@@ -166,13 +166,39 @@ _CTRL_C_WHILE_WORKERS_FAIL = """
 """
 
 
+def _workers_die_as_they_start(tmp_path: Path) -> dict[str, str]:
+    """The environment of a script whose Dask workers exit as they start (a Dask preload)."""
+    preload = tmp_path / "exit_at_start.py"
+    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
+    return {"DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
+
+
+_WORKERS_NEVER_COME_UP = """
+    import daskimg.cluster
+    from daskimg.cluster import start_client
+    from distributed.exceptions import WorkerStartTimeoutError
+
+    if __name__ == "__main__":
+        daskimg.cluster.START_TIMEOUT = 3.0
+        try:
+            with start_client(workers=1, threads_per_worker=1, dashboard_address=None) as starting:
+                starting.ready()
+                print("ready")
+        except WorkerStartTimeoutError as e:
+            print(e)
+"""
+
+
+def test_a_start_up_whose_workers_never_come_up_times_out_saying_how_long_it_waited(tmp_path: Path) -> None:
+    lines = _python(_WORKERS_NEVER_COME_UP, tmp_path, **_workers_die_as_they_start(tmp_path))
+    assert lines == ["Only 0/1 workers arrived after 3.0"]
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")
 def test_ctrl_c_stops_a_start_up_whose_workers_never_come_up(tmp_path: Path) -> None:
     """A worker that dies as it starts (here a Dask preload that exits) would hold the caller for the
     whole two-minute start-up timeout; a stop signal ends the wait a few seconds later."""
-    preload = tmp_path / "exit_at_start.py"
-    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
-    lines = _python(_CTRL_C_WHILE_WORKERS_FAIL, tmp_path, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    lines = _python(_CTRL_C_WHILE_WORKERS_FAIL, tmp_path, **_workers_die_as_they_start(tmp_path))
     assert lines == ["stopped Interrupted True"]
 
 
