@@ -23,7 +23,7 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from ._report import Report, report
     from ._types import Status
-    from .errors import ConfigError, DaskimgError, InputError, OutputError
+    from .errors import ClusterError, ConfigError, DaskimgError, InputError, OutputError
     from .job import Job, read_urls
     from .options import FetchOptions, PreprocessOptions
     from .output import open_output as open
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # public name -> (module, attribute)
 _LAZY = {
     "Batch": ("reader", "Batch"),
+    "ClusterError": ("errors", "ClusterError"),
     "ConfigError": ("errors", "ConfigError"),
     "DaskimgError": ("errors", "DaskimgError"),
     "FetchOptions": ("options", "FetchOptions"),
@@ -51,6 +52,7 @@ _LAZY = {
 
 __all__ = [
     "Batch",
+    "ClusterError",
     "ConfigError",
     "DaskimgError",
     "FetchOptions",

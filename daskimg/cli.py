@@ -3,7 +3,8 @@
 
 Exit status: 0 when every chunk was written (URLs that failed are recorded in the
 metadata, they do not fail the run); 1 when some chunks could not be written (run again
-to redo them); 2 for a bad argument, an unreadable input or a refused output; 130 after
+to redo them); 2 for a bad argument, an unreadable input, a refused output or a local
+cluster whose workers did not start; 130 after
 SIGINT (Ctrl-C) and 143 after SIGTERM (run again to resume). The first signal lets the
 chunks whose bytes are fetched be written; a second one stops at once.
 """

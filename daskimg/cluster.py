@@ -63,11 +63,10 @@ import dask
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
 from distributed.core import Status
-from distributed.exceptions import WorkerStartTimeoutError
 
 from ._compat import usable_cpus
 from ._gc import imports_frozen
-from .errors import ConfigError, Interrupted
+from .errors import ClusterError, ConfigError, Interrupted
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
            "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
@@ -76,6 +75,7 @@ __all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals
 START_TIMEOUT = 120.0  # seconds Starting.ready() waits for the workers to join, then for their nannies
 SPAWN_WAIT = 10.0  # seconds start_client waits at most, stop signals ignored, for the workers' processes
 STOP_PATIENCE = 5.0  # seconds Starting.ready() still waits for the workers after a stop signal
+CLOSE_PATIENCE = 20.0  # seconds a local cluster may take to close before its workers' processes are killed
 
 
 def default_workers() -> int:
@@ -173,7 +173,8 @@ class Starting:
         nanny that has finished starting it (only then does the nanny restart a worker that dies).
 
         Raises :class:`~daskimg.errors.Interrupted` then if SIGINT or SIGTERM came meanwhile (see
-        :func:`start_client`), or ``STOP_PATIENCE`` seconds after one if the workers are not up by then.
+        :func:`start_client`), or ``STOP_PATIENCE`` seconds after one if the workers are not up by then;
+        :class:`~daskimg.errors.ClusterError` if they are not up after ``START_TIMEOUT`` seconds.
         """
         with self._until_ready:
             if self._dashboard:
@@ -192,7 +193,7 @@ class Starting:
         return self.client
 
     def _wait_for_workers(self, workers: int, timeout: float) -> None:
-        """Until ``workers`` workers have joined (Dask's ``WorkerStartTimeoutError`` after ``timeout`` s), a
+        """Until ``workers`` workers have joined (:class:`~daskimg.errors.ClusterError` after ``timeout`` s), a
         second at a time: workers that are still not up ``STOP_PATIENCE`` s after a stop signal may never be."""
         deadline = time.monotonic() + timeout
         while True:
@@ -202,8 +203,9 @@ class Starting:
             except TimeoutError:
                 if self._heard and time.monotonic() - self._heard[0][1] >= STOP_PATIENCE:
                     raise Interrupted(self._heard[0][0]) from None
-                if time.monotonic() >= deadline:  # (the last slice's error would say "after 1.0")
-                    raise WorkerStartTimeoutError(len(self.client.nthreads()), workers, timeout) from None
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"the local cluster's workers did not start: {len(self.client.nthreads())} of "
+                                       f"{workers} joined in {timeout:g} s (Dask's log says why)") from None
 
     def _wait_for_nannies(self, workers: int, deadline: float) -> None:
         """Until the cluster counts every nanny as started. A worker joins the scheduler a moment before
@@ -241,7 +243,8 @@ def start_client(
     One that comes before or after that, until :meth:`Starting.ready` returns, is kept, and
     ready() raises it as :class:`~daskimg.errors.Interrupted` once the workers have joined: a
     cluster closed while its workers join makes Dask log errors of its own (its view of them is
-    behind).
+    behind). A local cluster that takes over ``CLOSE_PATIENCE`` seconds to close has its workers'
+    processes killed (see :func:`_close_within`).
     """
     if client is not None:
         yield Starting(client)
@@ -270,7 +273,8 @@ def start_client(
         stack.enter_context(_environ_kept())
         stack.enter_context(_quiet_dashboard_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))
-        cluster = stack.enter_context(LocalCluster(
+        before = _child_processes()
+        cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=threads_per_worker,
             processes=True,
@@ -279,7 +283,8 @@ def start_client(
             dashboard_address=dashboard_address or ":0",
             scheduler_kwargs={"dashboard": False},  # built by Starting.ready, while the workers start
             silence_logs=logging.ERROR,
-        ))
+        )
+        stack.callback(_close_within, cluster, CLOSE_PATIENCE, before)
         local = stack.enter_context(Client(cluster))
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
@@ -335,6 +340,32 @@ def _quiet_dashboard_disconnects() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def _close_within(cluster: LocalCluster, patience: float, before: frozenset[int]) -> None:
+    """Close a cluster started here; after ``patience`` seconds, kill what is left of its workers' processes.
+
+    Dask's close waits for each nanny to finish starting its worker, and a worker stuck in its
+    start-up (a preload or an import that hangs) never lets it: the caller would hang after the
+    start-up timeout or a stop signal. Killing the stuck processes (which ignore SIGTERM, see
+    :func:`start_client`) lets their nannies fail, and the close finish. ``before`` are the
+    processes that were this process's children already, which are left alone.
+    """
+
+    def kill_workers() -> None:
+        left = [p for p in multiprocessing.active_children() if p.pid not in before]
+        logging.getLogger(__name__).warning("the local cluster did not close in %g s; killing its %d worker "
+                                            "process(es)", patience, len(left))
+        for process in left:
+            process.kill()
+
+    timer = threading.Timer(patience, kill_workers)
+    timer.daemon = True
+    timer.start()
+    try:
+        cluster.close()
+    finally:
+        timer.cancel()
 
 
 def _wait_for_spawn(client: Client, workers: int, before: frozenset[int], deadline: float) -> None:

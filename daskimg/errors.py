@@ -6,14 +6,16 @@ and a message in the metadata table), never an exception::
     DaskimgError
      ├── ConfigError(ValueError)        a setting that cannot work (size 0, unknown mode)
      ├── InputError(OSError)            the URL table cannot be read or has no URL column
-     └── OutputError(OSError)           the output exists with other settings, or cannot be written
+     ├── OutputError(OSError)           the output exists with other settings, or cannot be written
+     └── ClusterError(RuntimeError)     the local cluster's workers did not start
 
     Interrupted(KeyboardInterrupt)      a run stopped on SIGINT or SIGTERM; run again to resume
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DaskimgError", "InputError", "Interrupted", "OutputError", "cause", "one_line"]
+__all__ = ["ClusterError", "ConfigError", "DaskimgError", "InputError", "Interrupted", "OutputError", "cause",
+           "one_line"]
 
 
 class DaskimgError(Exception):
@@ -30,6 +32,10 @@ class InputError(DaskimgError, OSError):
 
 class OutputError(DaskimgError, OSError):
     """The output cannot be created, or exists with different settings."""
+
+
+class ClusterError(DaskimgError, RuntimeError):
+    """The workers of the local cluster started for a run did not all join (Dask's log says why)."""
 
 
 class Interrupted(KeyboardInterrupt):

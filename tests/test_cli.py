@@ -127,6 +127,34 @@ def test_misuse_gets_one_clear_line_and_writes_nothing(
     assert not (tmp_path / "out.zarr").exists()
 
 
+_WORKERS_DIE = """
+import sys
+import daskimg.cluster
+from daskimg.cli import entry_point
+daskimg.cluster.START_TIMEOUT = 3.0
+sys.argv = ["daskimg", *sys.argv[1:]]
+entry_point()
+"""
+
+
+def test_a_local_cluster_whose_workers_do_not_start_ends_with_one_line_and_status_2(
+    tmp_path: Path, urls_csv: Path
+) -> None:
+    """Workers that exit as they start (a Dask preload that exits: a broken installation, say). Dask
+    logs why; daskimg's own last word is one line, and the output is not created."""
+    preload = tmp_path / "exit_at_start.py"
+    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    done = subprocess.run([sys.executable, "-c", _WORKERS_DIE, str(urls_csv), str(tmp_path / "out.zarr"),
+                           "--url-col", "link", "--workers", "1", *QUIET],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "daskimg: error: the local cluster's workers did not start: 0 of 1 joined in 3 s (Dask's log says why)")
+    assert "daskimg/cli.py" not in done.stderr  # no traceback through daskimg
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> None:
     out = tmp_path / "demo.zarr"
     assert cli("--demo", str(out), "--size", "32", *QUIET).returncode == 0

@@ -174,24 +174,39 @@ def _workers_die_as_they_start(tmp_path: Path) -> dict[str, str]:
 
 
 _WORKERS_NEVER_COME_UP = """
+    import multiprocessing
     import daskimg.cluster
     from daskimg.cluster import start_client
-    from distributed.exceptions import WorkerStartTimeoutError
+    from daskimg.errors import ClusterError
 
     if __name__ == "__main__":
         daskimg.cluster.START_TIMEOUT = 3.0
+        daskimg.cluster.CLOSE_PATIENCE = 2.0
         try:
             with start_client(workers=1, threads_per_worker=1, dashboard_address=None) as starting:
                 starting.ready()
                 print("ready")
-        except WorkerStartTimeoutError as e:
+        except ClusterError as e:
             print(e)
+        print("processes left:", len(multiprocessing.active_children()))
 """
 
 
 def test_a_start_up_whose_workers_never_come_up_times_out_saying_how_long_it_waited(tmp_path: Path) -> None:
     lines = _python(_WORKERS_NEVER_COME_UP, tmp_path, **_workers_die_as_they_start(tmp_path))
-    assert lines == ["Only 0/1 workers arrived after 3.0"]
+    assert lines == ["the local cluster's workers did not start: 0 of 1 joined in 3 s (Dask's log says why)",
+                     "processes left: 0"]
+
+
+def test_a_worker_stuck_in_its_start_up_does_not_hang_the_close(tmp_path: Path) -> None:
+    """Dask's close waits for every nanny to finish starting its worker: forever, for a worker whose
+    start-up hangs (here a Dask preload that sleeps). Its process is killed once the close has taken
+    ``CLOSE_PATIENCE`` seconds, and the caller gets the start-up error."""
+    preload = tmp_path / "hang_at_start.py"
+    preload.write_text("import time\n\ndef dask_setup(worker):\n    time.sleep(3600)\n")
+    lines = _python(_WORKERS_NEVER_COME_UP, tmp_path, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    assert lines == ["the local cluster's workers did not start: 0 of 1 joined in 3 s (Dask's log says why)",
+                     "processes left: 0"]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="POSIX signals")

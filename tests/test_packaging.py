@@ -47,8 +47,8 @@ def test_environment_yml_matches_pyproject() -> None:
 def test_public_api_is_pinned() -> None:
     assert daskimg.__all__ == sorted(daskimg.__all__)
     assert set(daskimg.__all__) == {
-        "Batch", "ConfigError", "DaskimgError", "FetchOptions", "ImageReader", "InputError", "Job", "OutputError",
-        "PreprocessOptions", "Report", "Status", "Summary", "__version__", "open", "read_urls", "report",
+        "Batch", "ClusterError", "ConfigError", "DaskimgError", "FetchOptions", "ImageReader", "InputError", "Job",
+        "OutputError", "PreprocessOptions", "Report", "Status", "Summary", "__version__", "open", "read_urls", "report",
     }
 
 
