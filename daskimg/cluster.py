@@ -273,7 +273,7 @@ def start_client(
         stack.enter_context(_environ_kept())
         stack.enter_context(_quiet_dashboard_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))
-        before = _child_processes()
+        before = _child_processes()  # this process's children before the cluster's (n_workers=0: none yet)
         cluster = LocalCluster(
             n_workers=0,
             threads_per_worker=threads_per_worker,
@@ -289,9 +289,8 @@ def start_client(
         local.register_plugin(tuning)  # each worker sets it up as it joins
         n_workers = workers or default_workers()
         with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
-            children = _child_processes()
             cluster.scale(n_workers)
-            _wait_for_spawn(local, n_workers, children, deadline=time.monotonic() + SPAWN_WAIT)
+            _wait_for_spawn(local, n_workers, before, deadline=time.monotonic() + SPAWN_WAIT)
         yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready, heard=heard)
 
 

@@ -86,6 +86,13 @@ def without_aws_settings() -> dict[str, str]:
         "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
 
+def workers_die_as_they_start(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process whose Dask workers exit as they start (a Dask preload)."""
+    preload = tmp_path / "exit_at_start.py"
+    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
+    return {"DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
+
+
 @dataclasses.dataclass
 class HandMadeCluster:
     address: str

@@ -19,7 +19,7 @@ from distributed import Client
 
 import daskimg
 
-from .conftest import HandMadeCluster
+from .conftest import HandMadeCluster, workers_die_as_they_start
 from .server import FaultServer, free_port
 
 BIN = Path(sys.executable).parent
@@ -142,9 +142,7 @@ def test_a_local_cluster_whose_workers_do_not_start_ends_with_one_line_and_statu
 ) -> None:
     """Workers that exit as they start (a Dask preload that exits: a broken installation, say). Dask
     logs why; daskimg's own last word is one line, and the output is not created."""
-    preload = tmp_path / "exit_at_start.py"
-    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
-    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    env = dict(os.environ, **workers_die_as_they_start(tmp_path))
     done = subprocess.run([sys.executable, "-c", _WORKERS_DIE, str(urls_csv), str(tmp_path / "out.zarr"),
                            "--url-col", "link", "--workers", "1", *QUIET],
                           capture_output=True, text=True, timeout=180, env=env)

@@ -13,6 +13,8 @@ from distributed import Client
 
 from daskimg.cluster import run_client
 
+from .conftest import workers_die_as_they_start
+
 pytestmark = pytest.mark.slow  # clusters and kernels in processes of their own
 
 # Each script runs in a process of its own: in this one the test session's client is the active
@@ -166,13 +168,6 @@ _CTRL_C_WHILE_WORKERS_FAIL = """
 """
 
 
-def _workers_die_as_they_start(tmp_path: Path) -> dict[str, str]:
-    """The environment of a script whose Dask workers exit as they start (a Dask preload)."""
-    preload = tmp_path / "exit_at_start.py"
-    preload.write_text("import os\n\ndef dask_setup(worker):\n    os._exit(3)\n")
-    return {"DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]'}
-
-
 _WORKERS_NEVER_COME_UP = """
     import multiprocessing
     import daskimg.cluster
@@ -193,7 +188,7 @@ _WORKERS_NEVER_COME_UP = """
 
 
 def test_a_start_up_whose_workers_never_come_up_times_out_saying_how_long_it_waited(tmp_path: Path) -> None:
-    lines = _python(_WORKERS_NEVER_COME_UP, tmp_path, **_workers_die_as_they_start(tmp_path))
+    lines = _python(_WORKERS_NEVER_COME_UP, tmp_path, **workers_die_as_they_start(tmp_path))
     assert lines == ["the local cluster's workers did not start: 0 of 1 joined in 3 s (Dask's log says why)",
                      "processes left: 0"]
 
@@ -213,7 +208,7 @@ def test_a_worker_stuck_in_its_start_up_does_not_hang_the_close(tmp_path: Path) 
 def test_ctrl_c_stops_a_start_up_whose_workers_never_come_up(tmp_path: Path) -> None:
     """A worker that dies as it starts (here a Dask preload that exits) would hold the caller for the
     whole two-minute start-up timeout; a stop signal ends the wait a few seconds later."""
-    lines = _python(_CTRL_C_WHILE_WORKERS_FAIL, tmp_path, **_workers_die_as_they_start(tmp_path))
+    lines = _python(_CTRL_C_WHILE_WORKERS_FAIL, tmp_path, **workers_die_as_they_start(tmp_path))
     assert lines == ["stopped Interrupted True"]
 
 
