@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     """Run the CLI; returns the exit status.
 
     ``own_process`` says that this process is the command's alone (:func:`entry_point`): the
-    collector is paused while Dask, daskimg and the dashboard are imported (its full collections
+    collector is paused while Dask and daskimg are imported (its full collections
     would walk the growing heap of modules only to free nothing), and what they made is then
     frozen (``gc.freeze``), so that the collections during the run (the scheduler of a local
     cluster runs in this process) and the last one at exit no longer walk those long-lived objects.
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
             with _imports_unwatched(own_process):
                 from .job import read_urls  # while a local cluster's workers start
 
-                client = starting.ready()  # imports the dashboard meanwhile
+                client = starting.ready()  # the workers have joined
             with _table(args, p) as (table, output):
                 job = read_urls(table, url_col=args.url_col, chunk=args.chunk, input_format=args.input_format,
                                 storage_options=args.input_storage_options or args.storage_options)

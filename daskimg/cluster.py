@@ -3,8 +3,8 @@
 A run uses the client it is given, else a client to the scheduler it is given, else the
 active client, else a ``LocalCluster`` that it starts and closes. daskimg changes nothing on a
 cluster it did not start. The clusters it starts are Dask's own (Dask's start method, profiler
-and environment) with :class:`WorkerTuning` registered and two changes to Dask's config; each
-setting is a Dask config key:
+and environment) with :class:`WorkerTuning` registered, a dashboard built on its first visit
+(see :mod:`daskimg._dashboard`) and two changes to Dask's config; each setting is a Dask config key:
 
 ``daskimg.worker.opencv-threads`` (default 1)
     OpenCV's threads per worker process. A worker already runs one image per thread; OpenCV's
@@ -65,6 +65,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, 
 from distributed.core import Status
 
 from ._compat import usable_cpus
+from ._dashboard import build_on_first_visit, quiet_disconnects
 from ._gc import imports_frozen
 from .errors import ClusterError, ConfigError, Interrupted
 
@@ -160,30 +161,22 @@ class _HeartbeatAtClose(logging.Filter):
 class Starting:
     """The client of a cluster that may still be starting: :meth:`ready` waits until it can run tasks."""
 
-    def __init__(self, client: Client, workers: int = 0, dashboard: bool = False,
-                 until_ready: contextlib.ExitStack | None = None, heard: Sequence[tuple[int, float]] = ()) -> None:
+    def __init__(self, client: Client, workers: int = 0, until_ready: contextlib.ExitStack | None = None,
+                 heard: Sequence[tuple[int, float]] = ()) -> None:
         self.client = client
         self._workers = workers  # workers of a cluster started here, still to join
-        self._dashboard = dashboard  # still to be built
         self._until_ready = until_ready or contextlib.ExitStack()  # what lasts until then (kept stop signals)
         self._heard = heard  # the stop signals kept meanwhile, and when they came (time.monotonic)
 
     def ready(self) -> Client:
-        """The client, once a cluster started here has its dashboard and all its workers, each with a
-        nanny that has finished starting it (only then does the nanny restart a worker that dies).
+        """The client, once a cluster started here has all its workers, each with a nanny that has
+        finished starting it (only then does the nanny restart a worker that dies).
 
         Raises :class:`~daskimg.errors.Interrupted` then if SIGINT or SIGTERM came meanwhile (see
         :func:`start_client`), or ``STOP_PATIENCE`` seconds after one if the workers are not up by then;
         :class:`~daskimg.errors.ClusterError` if they are not up after ``START_TIMEOUT`` seconds.
         """
         with self._until_ready:
-            if self._dashboard:
-                self._dashboard = False
-                # Bokeh's import is most of the dashboard's cost. It runs here, in this thread, while the
-                # workers start; on the scheduler's event loop it would hold back their nannies.
-                import distributed.dashboard.scheduler  # noqa: F401
-
-                self.client.run_on_scheduler(_build_dashboard)
             if self._workers:
                 workers, self._workers = self._workers, 0
                 self._wait_for_workers(workers, timeout=START_TIMEOUT)
@@ -271,7 +264,7 @@ def start_client(
         if tuning.ignore_stop_signals:
             until_ready.enter_context(stop_signals_to(lambda signum, frame: heard.append((signum, time.monotonic()))))
         stack.enter_context(_environ_kept())
-        stack.enter_context(_quiet_dashboard_disconnects())
+        stack.enter_context(quiet_disconnects())
         stack.enter_context(dask.config.set(_local_cluster_config()))
         before = _child_processes()  # this process's children before the cluster's (n_workers=0: none yet)
         cluster = LocalCluster(
@@ -281,17 +274,19 @@ def start_client(
             # The scheduler serves /health and /metrics there even without a dashboard (then on any
             # free port: Dask's default, 8787, may be another cluster's).
             dashboard_address=dashboard_address or ":0",
-            scheduler_kwargs={"dashboard": False},  # built by Starting.ready, while the workers start
+            scheduler_kwargs={"dashboard": False},  # built on its first visit (see daskimg._dashboard)
             silence_logs=logging.ERROR,
         )
         stack.callback(_close_within, cluster, CLOSE_PATIENCE, before)
         local = stack.enter_context(Client(cluster))
         local.register_plugin(tuning)  # each worker sets it up as it joins
+        if dashboard_address:
+            local.run_on_scheduler(build_on_first_visit)
         n_workers = workers or default_workers()
         with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
             cluster.scale(n_workers)
             _wait_for_spawn(local, n_workers, before, deadline=time.monotonic() + SPAWN_WAIT)
-        yield Starting(local, n_workers, dashboard=bool(dashboard_address), until_ready=until_ready, heard=heard)
+        yield Starting(local, n_workers, until_ready=until_ready, heard=heard)
 
 
 @contextlib.contextmanager
@@ -308,37 +303,6 @@ def run_client(
     with start_client(scheduler, client=client, workers=workers, threads_per_worker=threads_per_worker,
                       dashboard_address=dashboard_address) as starting:
         yield starting.ready()
-
-
-class _SessionlessDisconnect(logging.Filter):
-    """Drops Bokeh's ``AssertionError`` when a browser leaves a dashboard page before its session began.
-
-    Bokeh's websocket handler asks for the session of a connection that never got one
-    (``bokeh/server/connection.py``: ``assert self._session is not None``), and tornado logs
-    the traceback as an uncaught error: a page opened and closed again, nothing broken.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info is None or not isinstance(record.exc_info[1], AssertionError):
-            return True
-        tb = record.exc_info[2]
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = tb.tb_frame.f_code.co_filename if tb is not None else ""
-        return not where.replace("\\", "/").endswith("bokeh/server/connection.py")
-
-
-@contextlib.contextmanager
-def _quiet_dashboard_disconnects() -> Iterator[None]:
-    """While a local cluster runs (its scheduler, with the dashboard, runs in this process): see
-    :class:`_SessionlessDisconnect`. The filter is removed afterwards."""
-    logger = logging.getLogger("tornado.application")
-    quiet = _SessionlessDisconnect()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 def _close_within(cluster: LocalCluster, patience: float, before: frozenset[int]) -> None:
@@ -379,17 +343,6 @@ def _wait_for_spawn(client: Client, workers: int, before: frozenset[int], deadli
 def _child_processes() -> frozenset[int]:
     """The process ids of this process's live multiprocessing children (which Dask's nannies start)."""
     return frozenset(p.pid for p in multiprocessing.active_children() if p.pid is not None)
-
-
-def _build_dashboard(dask_scheduler: Any = None) -> None:
-    """The Bokeh dashboard of a scheduler started without it, built as the scheduler builds its own.
-
-    A scheduler started with it would first spend half a second (importing Bokeh, mostly) before
-    any worker could start.
-    """
-    from distributed.dashboard.scheduler import connect
-
-    connect(dask_scheduler.http_application, dask_scheduler.http_server, dask_scheduler, prefix="/")
 
 
 # daskimg.local-cluster.pre-spawn-environ: see the module; null removes a variable Dask would set.
