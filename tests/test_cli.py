@@ -349,7 +349,9 @@ def test_a_browser_opening_and_closing_the_dashboard_prints_nothing_into_the_run
     tmp_path: Path, server: FaultServer
 ) -> None:
     urls = tmp_path / "urls.txt"
-    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=1000&browser={i}\n") for i in range(160)))
+    # 160 URLs of 2 s each, two at a time per fetch: the run streams for about 40 s, beyond the browser's
+    # visits even on a loaded machine (the first visit builds the dashboard)
+    urls.write_text("".join(server.url(f"/delay/photo.jpg?ms=2000&browser={i}\n") for i in range(160)))
     port = free_port()
     run = subprocess.Popen(
         [sys.executable, "-m", "daskimg", str(urls), str(tmp_path / "out.zarr"), "--size", "32", "--chunk", "8",
