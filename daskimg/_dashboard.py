@@ -80,7 +80,8 @@ class _BuildThenReturn(RequestHandler):
 
     async def get(self) -> None:
         await self.unbuilt.build()
-        self.redirect(self.request.uri or _PREFIX)
+        # back to this server's own path: "//host/..." would send the browser to another host
+        self.redirect("/" + (self.request.uri or "").lstrip("/"))
 
 
 class _SessionlessDisconnect(logging.Filter):

@@ -311,7 +311,7 @@ def test_an_error_in_the_callers_block_propagates_with_the_active_client(client:
 
 
 _DASHBOARD = """
-    import json, sys, urllib.request
+    import http.client, json, sys, urllib.request
     from daskimg.cluster import run_client
 
     def get(url):
@@ -330,6 +330,14 @@ _DASHBOARD = """
             print("status", status, "<title>Dask Diagnostic UI</title>" in page)
             status, page = get(base + "/profile")
             print("profile", status, "<title>Dask Diagnostic UI</title>" in page)
+        with run_client(workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as client:
+            # a first visit to a path that reads as another host's URL: the redirect stays on this server
+            host, port = client.dashboard_link.split("//")[1].split("/")[0].split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("GET", "//example.com/status")
+            answer = conn.getresponse()
+            print("elsewhere", answer.status, answer.getheader("Location"))
+            conn.close()
 """
 
 
@@ -338,6 +346,7 @@ def test_the_local_clusters_dashboard_is_built_on_its_first_visit_and_serves_eve
     second of CPU at the start of every run); the first visit, from a browser or from JupyterLab, builds it."""
     assert _python(_DASHBOARD, tmp_path) == [
         "health (200, 'ok') False", "plots 200 /individual-task-stream", "status 200 True", "profile 200 True",
+        "elsewhere 302 /example.com/status",
     ]
 
 
