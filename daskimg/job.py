@@ -223,6 +223,7 @@ class Job:
             job = dataclasses.replace(self, source=count_rows(c, self.source, stop))
             output = job.prepare(path, format=format, compression=compression, overwrite=overwrite,
                                  storage_options=storage_options)
+            output.remove_leftovers()  # of writers killed in an earlier run
             listing = output.listing()
             done = output.done_chunks(listing)
             resumed = int(done.sum())
@@ -238,6 +239,7 @@ class Job:
             bar.draw(final=True)
             stop.check()
             counts = _count_statuses(output)
+            output.remove_leftovers()  # of workers lost during this run; every write has come back
             dashboard = c.dashboard_link
         return Summary(path, output.n_rows, counts, time.monotonic() - start, outcome.processed, resumed,
                        outcome.failed, dashboard)

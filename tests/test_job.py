@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -239,6 +240,50 @@ def test_a_write_error_leaves_the_chunk_undone_and_the_next_run_redoes_it(
     assert sum(server.hits.values()) - hits == 8
     _, meta = daskimg.open(out)
     assert meta["index"].tolist() == list(range(20))
+
+
+_KILLED_MID_WRITE = """
+import os, signal, sys
+from distributed import Client, LocalCluster
+from fsspec.implementations.local import LocalFileSystem
+import daskimg
+
+real_mv = LocalFileSystem.mv
+
+def killed_before_the_rename(self, path1, path2, **kwargs):
+    if path2.endswith("metadata/part-00000001.parquet"):  # the file is written, not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_mv(self, path1, path2, **kwargs)
+
+LocalFileSystem.mv = killed_before_the_rename
+urls, out = sys.argv[1].split(","), sys.argv[2]
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+        Client(cluster) as client:
+    (daskimg.read_urls(urls, chunk=8).fetch(allow_private_network=True).preprocess(size=32)
+     .to_zarr(out, client=client, progress=False))
+"""
+
+
+@pytest.mark.slow
+def test_what_a_writer_killed_mid_write_leaves_is_removed_by_the_next_run(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    import subprocess
+    import sys
+
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?killed-mid-write={i}") for i in range(20)]
+    out = tmp_path / "out.zarr"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, ",".join(urls), str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert len(os.listdir(out / ".daskimg-tmp")) == 1  # the metadata part of chunk 1, never renamed
+    summary = job(urls, chunk=8).fetch(timeout=10.0, deadline=30.0).to_zarr(str(out), client=client, progress=False)
+    assert summary.complete
+    assert not (out / ".daskimg-tmp").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    _, meta = daskimg.open(str(out))
+    assert meta["index"].tolist() == list(range(20))
+    assert (meta["status"] == "ok").all()
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "npy"])

@@ -12,8 +12,10 @@ Two layouts share everything but the pixel files::
       metadata/_done/00001024 ...               (one chunk done)
 
 A chunk is done once its marker exists, and the marker is written last, after the pixels,
-the ok flags and the metadata part are all in place; every file is written to a temporary
-name and renamed, so a killed run never leaves a chunk marked done that is incomplete.
+the ok flags and the metadata part are all in place; on a file system every file is written
+under a temporary name in ``OUTPUT/.daskimg-tmp/`` and renamed into place (an object store
+puts each object whole), so a killed run never leaves a chunk marked done that is incomplete.
+What a killed writer leaves in that folder is removed by the next run (:meth:`Output.remove_leftovers`).
 
 Once every chunk of a group (``GROUP_ROWS`` rows) is done, :meth:`Output.compact` merges
 their metadata parts into one file named by its chunk range, which also marks them done;
@@ -62,6 +64,7 @@ GROUP_ROWS = 2**18  # rows of metadata compacted into one file
 _COUNTS_KEY = b"daskimg.counts"
 _CHUNKS_KEY = b"daskimg.chunks"  # per chunk of the file: [chunk, rows, ok rows, unix time it was written]
 _PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
+STAGING = ".daskimg-tmp"  # on a file system, where files are written before they are renamed into place
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,9 @@ class Output:
         fs, root = self._fs
         final = f"{root}/{relpath}"
         if isinstance(fs, LocalFileSystem):  # object stores are atomic per object; files need a rename
-            directory, name = final.rsplit("/", 1)
-            tmp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
-            fs.makedirs(directory, exist_ok=True)
+            tmp = f"{root}/{STAGING}/{uuid.uuid4().hex}"
+            fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            fs.makedirs(f"{root}/{STAGING}", exist_ok=True)
             try:
                 with fs.open(tmp, "wb") as f:
                     f.write(data)
@@ -140,6 +143,13 @@ class Output:
                     fs.rm(tmp)
         else:
             fs.pipe_file(final, bytes(data))
+
+    def remove_leftovers(self) -> None:
+        """Remove what writers killed mid-write left (their temporary files): call it while no task writes here."""
+        fs, root = self._fs
+        if isinstance(fs, LocalFileSystem):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(f"{root}/{STAGING}", recursive=True)
 
     @property
     def n_chunks(self) -> int:
