@@ -60,6 +60,7 @@ class FaultServer:
         self.log: list[tuple[float, str]] = []  # (monotonic time, path with query) of every request
         self.lock = threading.Lock()
         self._flaky: collections.Counter[str] = collections.Counter()
+        self._gates: dict[str, threading.Event] = {}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -99,6 +100,11 @@ class FaultServer:
     def url(self, path: str) -> str:
         return self.base + path
 
+    def gate(self, key: str) -> threading.Event:
+        """What ``/held/NAME?key=KEY`` waits for before it answers: set it to let them through."""
+        with self.lock:
+            return self._gates.setdefault(key, threading.Event())
+
     @staticmethod
     def send(h: http.server.BaseHTTPRequestHandler, status: int, body: bytes = b"",
              headers: dict[str, str] | None = None, ctype: str = "application/octet-stream") -> None:
@@ -135,6 +141,9 @@ class FaultServer:
                 self.send(h, 503, b"busy", headers={"Retry-After": "0"})
             else:
                 self.send(h, 200, self.images[name])
+        elif head == "held" and name in self.images:
+            self.gate(query.get("key", [name])[0]).wait(240)  # at most: a failed test must not hang its server
+            self.send(h, 200, self.images[name])
         elif head == "delay" and name in self.images:
             time.sleep(float(query.get("ms", ["300"])[0]) / 1000)
             self.send(h, 200, self.images[name])
