@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -268,9 +270,6 @@ with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_
 def test_what_a_writer_killed_mid_write_leaves_is_removed_by_the_next_run(
     tmp_path: Path, server: FaultServer, client: Client
 ) -> None:
-    import subprocess
-    import sys
-
     urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?killed-mid-write={i}") for i in range(20)]
     out = tmp_path / "out.zarr"
     killed = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, ",".join(urls), str(out)],
