@@ -1,6 +1,6 @@
 """Platform differences, in one place (as in ``distributed.compatibility``).
 
-daskimg runs on Linux, macOS and Windows. Two features depend on the platform:
+daskimg runs on Linux, macOS and Windows. Three features depend on the platform:
 
 * **Decoder isolation** (:mod:`daskimg._isolate`) forks a child per image, so it needs
   ``os.fork`` (Linux, macOS). Without it (Windows) a chunk that crashed a worker is retried
@@ -8,17 +8,22 @@ daskimg runs on Linux, macOS and Windows. Two features depend on the platform:
 * **The memory cap of an isolated decoder** is an address-space limit on top of what the
   child inherits, read from ``/proc/self/statm``: Linux only. Elsewhere the child runs
   with its time limit alone.
+* **The command's fork server** (:mod:`daskimg._worker_start`) needs multiprocessing's
+  ``forkserver`` start method (Linux, macOS). Without it (Windows) the command's workers are
+  spawned, as Dask does by default.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 
-__all__ = ["CAN_FORK", "LINUX", "address_space_in_use", "usable_cpus"]
+__all__ = ["CAN_FORK", "HAS_FORK_SERVER", "LINUX", "address_space_in_use", "usable_cpus"]
 
 LINUX = sys.platform.startswith("linux")
 CAN_FORK = hasattr(os, "fork")
+HAS_FORK_SERVER = "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def usable_cpus() -> int:

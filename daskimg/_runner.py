@@ -49,9 +49,10 @@ from dask.typing import Key
 from distributed import Client, Future, as_completed
 
 from ._refetch import refetch_deferred
+from ._signals import stop_signals_to
 from ._stages import FetchedPartition, fetch_partition, preprocess_partition
 from ._types import ImagePartition, Status
-from .cluster import lost_a_worker, stalled_fetch, stop_signals_to
+from .cluster import lost_a_worker, stalled_fetch
 from .errors import Interrupted
 from .options import FetchOptions, PreprocessOptions
 from .output import ChunkReport, Listing, Output

@@ -250,11 +250,13 @@ def _imports_unwatched(own_process: bool) -> contextlib.AbstractContextManager[N
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Run the CLI; returns the exit status.
 
-    ``own_process`` says that this process is the command's alone (:func:`entry_point`): the
-    collector is paused while Dask and daskimg are imported (its full collections
-    would walk the growing heap of modules only to free nothing), and what they made is then
-    frozen (``gc.freeze``), so that the collections during the run (the scheduler of a local
-    cluster runs in this process) and the last one at exit no longer walk those long-lived objects.
+    ``own_process`` says that this process is the command's alone (:func:`entry_point`). A local
+    cluster's workers are then forked from a fork server that this process starts first
+    (:func:`daskimg._worker_start.start_fork_server`), and the collector is paused while Dask and
+    daskimg are imported (its full collections would walk the growing heap of modules only to free
+    nothing); what they made is then frozen (``gc.freeze``), so that the collections during the run
+    (the scheduler of a local cluster runs in this process) and the last one at exit no longer walk
+    those long-lived objects.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
@@ -274,11 +276,16 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         for name in ("chunk", "workers", "threads_per_worker"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
+        fork_server = False
+        if own_process and not args.scheduler:  # a local cluster: its workers fork from the server
+            from ._worker_start import start_fork_server
+
+            fork_server = start_fork_server()
         with _imports_unwatched(own_process):
             from .cluster import start_client
 
         with start_client(args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-                          dashboard_address=args.dashboard_address) as starting:
+                          dashboard_address=args.dashboard_address, fork_server=fork_server) as starting:
             with _imports_unwatched(own_process):
                 from .job import read_urls  # while a local cluster's workers start
 

@@ -2,9 +2,10 @@
 
 A run uses the client it is given, else a client to the scheduler it is given, else the
 active client, else a ``LocalCluster`` that it starts and closes. daskimg changes nothing on a
-cluster it did not start. The clusters it starts are Dask's own (Dask's start method, profiler
-and environment) with :class:`WorkerTuning` registered, a dashboard built on its first visit
-(see :mod:`daskimg._dashboard`) and two changes to Dask's config; each setting is a Dask config key:
+cluster it did not start. The clusters it starts are Dask's own (Dask's start method, except for
+the command's fork server, profiler and environment) with :class:`WorkerTuning` registered, a
+dashboard built on its first visit (see :mod:`daskimg._dashboard`) and two changes to Dask's config;
+each setting is a Dask config key:
 
 ``daskimg.worker.opencv-threads`` (default 1)
     OpenCV's threads per worker process. A worker already runs one image per thread; OpenCV's
@@ -17,7 +18,7 @@ and environment) with :class:`WorkerTuning` registered, a dashboard built on its
 ``daskimg.worker.freeze-imports`` (default true)
     Each worker imports daskimg's stages as it starts, with the garbage collector paused, then
     freezes what it has imported (``gc.freeze``): the collector's full collections no longer
-    walk those millions of long-lived objects.
+    walk those millions of long-lived objects (:mod:`daskimg._worker_imports`).
 ``daskimg.local-cluster.pre-spawn-environ``
     (default ``{MALLOC_MMAP_THRESHOLD_: 33554432, MALLOC_TRIM_THRESHOLD_: 268435456, MALLOC_ARENA_MAX: 1}``)
     Changes to Dask's ``distributed.nanny.pre-spawn-environ`` for the workers of the clusters
@@ -40,6 +41,10 @@ and environment) with :class:`WorkerTuning` registered, a dashboard built on its
     caller's value stays. ``null`` leaves Dask's. At 10 ms, each worker's event loop walks the
     stacks of its busy threads a hundred times a second, about 3% of a run's CPU (with
     daskimg's short, busy tasks); every tenth sample still fills the dashboard's Profile page.
+``daskimg.command.fork-server`` (default true)
+    The command, in a process of its own, forks its local cluster's workers from one server
+    process that has imported their code (:mod:`daskimg._worker_start`); elsewhere, or with
+    ``false``, workers are spawned as Dask does.
 
 The same plugin can be registered on a cluster of your own:
 ``client.register_plugin(daskimg.cluster.WorkerTuning())``.
@@ -51,12 +56,11 @@ import contextlib
 import importlib
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
@@ -66,11 +70,12 @@ from distributed.core import Status
 
 from ._compat import usable_cpus
 from ._dashboard import build_on_first_visit, quiet_disconnects
-from ._gc import imports_frozen
+from ._signals import ignoring_stop_signals, stop_signals_to
+from ._worker_start import FORK_SERVER, environ_kept, pre_spawn_environ
 from .errors import ClusterError, ConfigError, Interrupted
 
-__all__ = ["Starting", "WorkerTuning", "default_workers", "ignoring_stop_signals", "lost_a_worker", "only_waiting",
-           "run_client", "stalled_fetch", "start_client", "stop_signals_to"]
+__all__ = ["Starting", "WorkerTuning", "default_workers", "lost_a_worker", "only_waiting", "run_client",
+           "stalled_fetch", "start_client"]
 
 
 START_TIMEOUT = 120.0  # seconds Starting.ready() waits for the workers to join, then for their nannies
@@ -82,10 +87,6 @@ CLOSE_PATIENCE = 20.0  # seconds a local cluster may take to close before its wo
 def default_workers() -> int:
     """One worker process per core this process may use."""
     return usable_cpus()
-
-
-# What a worker imports to run daskimg's tasks.
-WORKER_IMPORTS = ("daskimg._refetch", "daskimg._stages", "daskimg.output", "daskimg.sources", "pyarrow.parquet")
 
 
 class _FromConfig:
@@ -138,9 +139,7 @@ class WorkerTuning(WorkerPlugin):
             logger.removeFilter(old)
         logger.addFilter(_HeartbeatAtClose(worker))
         if self.freeze_imports:
-            with imports_frozen():
-                for module in WORKER_IMPORTS:
-                    importlib.import_module(module)
+            importlib.import_module("daskimg._worker_imports")  # once a process (a fork server's workers: done)
         if self.ignore_stop_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
@@ -220,6 +219,7 @@ def start_client(
     workers: int | None = None,
     threads_per_worker: int = 2,
     dashboard_address: str | None = ":8787",
+    fork_server: bool = False,
 ) -> Iterator[Starting]:
     """Choose the cluster a run uses, or start one without waiting for it; closes only what it started.
 
@@ -227,12 +227,15 @@ def start_client(
     active client of this process if there is one; else a fresh ``LocalCluster`` of
     process workers (one per core, each with a thread for fetching while another
     decodes) with :class:`WorkerTuning`. The caller can import and prepare while those
-    workers start, then call :meth:`Starting.ready`.
+    workers start, then call :meth:`Starting.ready`. With ``fork_server`` (the command, which has
+    started this process's fork server: :func:`daskimg._worker_start.start_fork_server`) they are
+    forked from it, else spawned.
 
     Ctrl-C reaches every process of the terminal's foreground group (and a batch scheduler's
     SIGTERM every process of the job): only the caller should act on it, by closing the cluster.
     So this process ignores SIGINT and SIGTERM while it spawns the workers' processes, which
-    inherit that (a worker the nanny restarts later ignores them from the plugin's setup on).
+    inherit that (a worker the nanny restarts later ignores them from the plugin's setup on; a
+    fork server ignores them already).
     One that comes before or after that, until :meth:`Starting.ready` returns, is kept, and
     ready() raises it as :class:`~daskimg.errors.Interrupted` once the workers have joined: a
     cluster closed while its workers join makes Dask log errors of its own (its view of them is
@@ -263,9 +266,9 @@ def start_client(
         until_ready = stack.enter_context(contextlib.ExitStack())  # the caller may never get to ready()
         if tuning.ignore_stop_signals:
             until_ready.enter_context(stop_signals_to(lambda signum, frame: heard.append((signum, time.monotonic()))))
-        stack.enter_context(_environ_kept())
+        stack.enter_context(environ_kept())
         stack.enter_context(quiet_disconnects())
-        stack.enter_context(dask.config.set(_local_cluster_config()))
+        stack.enter_context(dask.config.set(_local_cluster_config(fork_server)))
         before = _child_processes()  # this process's children before the cluster's (n_workers=0: none yet)
         cluster = LocalCluster(
             n_workers=0,
@@ -283,9 +286,12 @@ def start_client(
         if dashboard_address:
             local.run_on_scheduler(build_on_first_visit)
         n_workers = workers or default_workers()
-        with ignoring_stop_signals() if tuning.ignore_stop_signals else contextlib.nullcontext():
+        if fork_server or not tuning.ignore_stop_signals:  # (workers forked from the server inherit its signals)
             cluster.scale(n_workers)
-            _wait_for_spawn(local, n_workers, before, deadline=time.monotonic() + SPAWN_WAIT)
+        else:
+            with ignoring_stop_signals():
+                cluster.scale(n_workers)
+                _wait_for_spawn(local, n_workers, before, deadline=time.monotonic() + SPAWN_WAIT)
         yield Starting(local, n_workers, until_ready=until_ready, heard=heard)
 
 
@@ -345,16 +351,10 @@ def _child_processes() -> frozenset[int]:
     return frozenset(p.pid for p in multiprocessing.active_children() if p.pid is not None)
 
 
-# daskimg.local-cluster.pre-spawn-environ: see the module; null removes a variable Dask would set.
-LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's largest
-    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
-    "MALLOC_ARENA_MAX": "1",
-}
 LOCAL_PROFILE_INTERVAL = "100ms"  # daskimg.local-cluster.profile-interval: see the module
 
 
-def _local_cluster_config() -> dict[str, object]:
+def _local_cluster_config(fork_server: bool = False) -> dict[str, object]:
     """The Dask config of a cluster daskimg starts: the pre-spawn environment and the profile interval.
 
     The variables of ``distributed.nanny.pre-spawn-environ`` must be in a worker's environment
@@ -363,7 +363,9 @@ def _local_cluster_config() -> dict[str, object]:
     out, so that the workers inherit the caller's value. The profile interval is
     ``daskimg.local-cluster.profile-interval``, unless the caller set Dask's own.
     """
-    config: dict[str, object] = {"distributed.nanny.pre-spawn-environ": _pre_spawn_environ()}
+    config: dict[str, object] = {"distributed.nanny.pre-spawn-environ": pre_spawn_environ()}
+    if fork_server:
+        config["distributed.worker.multiprocessing-method"] = FORK_SERVER
     interval = dask.config.get("daskimg.local-cluster.profile-interval", LOCAL_PROFILE_INTERVAL)
     if interval is not None and not _set_by_caller("distributed.worker.profile.interval"):
         try:
@@ -379,66 +381,6 @@ def _set_by_caller(key: str) -> bool:
     """Whether Dask's config key ``key`` differs from the default Dask ships for it."""
     shipped = dask.config.get(key, None, config=dask.config.merge(*dask.config.defaults))
     return bool(dask.config.get(key, None) != shipped)
-
-
-def _pre_spawn_environ() -> dict[str, object]:
-    """Dask's ``distributed.nanny.pre-spawn-environ`` with daskimg's changes, less the caller's own variables."""
-    environ: dict[str, object] = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    changes = dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})
-    if not isinstance(changes, Mapping):
-        raise ConfigError(f"the Dask config key daskimg.local-cluster.pre-spawn-environ must be a mapping of "
-                          f"variable names to values (null removes one), got {changes!r}")
-    own = {**LOCAL_PRE_SPAWN_ENVIRON, **changes}
-    for key, value in own.items():
-        if value is None:
-            environ.pop(key, None)
-        else:
-            environ[key] = value
-    return {k: v for k, v in environ.items() if k not in os.environ}
-
-
-@contextlib.contextmanager
-def _environ_kept() -> Iterator[None]:
-    """This process's environment as it was, once the block (a local cluster's life) is over.
-
-    A local cluster's nannies run in this process, and set the variables their workers
-    should start with in its environment (Dask's pre-spawn environment, ``PYTHONHASHSEED``
-    ...). Each variable set, changed or removed during the block is put back as it was.
-    """
-    before = dict(os.environ)
-    try:
-        yield
-    finally:
-        for key in os.environ.keys() - before.keys():
-            del os.environ[key]
-        for key, value in before.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def stop_signals_to(handler: Any) -> Iterator[None]:
-    """SIGINT and SIGTERM go to ``handler`` meanwhile, then to what they went to before.
-
-    On the main thread only: elsewhere signals do not reach Python code, and nothing changes.
-    A signal this process ignores stays ignored (so does a background job of a shell script:
-    its Ctrl-C is the script's).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, handler) for s in stops}
-    try:
-        yield
-    finally:
-        for s, before in previous.items():
-            signal.signal(s, before)
-
-
-def ignoring_stop_signals() -> contextlib.AbstractContextManager[None]:
-    """Ignore SIGINT and SIGTERM in this process meanwhile, so that processes started here inherit that."""
-    return stop_signals_to(signal.SIG_IGN)
 
 
 def lost_a_worker() -> bool:

@@ -137,6 +137,46 @@ entry_point()
 """
 
 
+_WITHOUT_FORK_SERVER = """
+import sys
+import daskimg._worker_start
+daskimg._worker_start.HAS_FORK_SERVER = False  # as on Windows
+from daskimg.cli import entry_point
+sys.argv = ["daskimg", *sys.argv[1:]]
+entry_point()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["forkserver", "no-forkserver"])
+def test_the_commands_workers_fork_from_a_server_that_imported_their_code_where_the_platform_can(
+    tmp_path: Path, platform: str
+) -> None:
+    """Where multiprocessing has a fork server, the command's workers are forked from one that has
+    imported what they run (none imports it again); without one (Windows) they are spawned, and the run
+    is the same."""
+    record = tmp_path / "workers.txt"
+    preload = tmp_path / "record_worker.py"  # a Dask preload: runs in each worker as it starts
+    preload.write_text("import os, sys\n\ndef dask_setup(worker):\n"
+                       f"    with open({str(record)!r}, 'a') as f:\n"
+                       "        f.write(f\"{os.getppid()} {'daskimg._stages' in sys.modules}\\n\")\n")
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
+    out = tmp_path / "out.zarr"
+    args = ["--demo", str(out), "--size", "16", "--workers", "2", *QUIET]
+    command = [sys.executable, "-m", "daskimg"] if platform == "forkserver" else [sys.executable, "-c",
+                                                                                  _WITHOUT_FORK_SERVER]
+    run = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, stderr = run.communicate(timeout=180)
+    assert run.returncode == 0, stderr
+    assert "ok 10, failed 1" in stdout
+    workers = [line.split() for line in record.read_text().splitlines()]
+    assert len(workers) == 2
+    forked = platform == "forkserver"
+    for parent, imported in workers:
+        assert (int(parent) != run.pid) is forked  # forked by the server, else spawned by the command
+        assert imported == str(forked)
+
+
 def test_a_local_cluster_whose_workers_do_not_start_ends_with_one_line_and_status_2(
     tmp_path: Path, urls_csv: Path
 ) -> None:

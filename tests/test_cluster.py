@@ -257,7 +257,8 @@ _LEFT_AS_FOUND = """
             "opencv threads": cv2.getNumThreads(),
             "warnings filters": list(warnings.filters),
             "LOAD_TRUNCATED_IMAGES": PIL.ImageFile.LOAD_TRUNCATED_IMAGES,
-            "forkserver preload": list(forkserver._forkserver._preload_modules),  # no public getter
+            "forkserver preload": list(forkserver._forkserver._preload_modules),  # no public getters
+            "fork server": forkserver._forkserver._forkserver_pid,  # none started
             "environment": dict(os.environ),
             "signal handlers": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)],
         }
