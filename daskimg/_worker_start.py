@@ -95,10 +95,11 @@ def start_fork_server() -> bool:
     ``daskimg.command.fork-server`` is false; whether it runs. For a process daskimg owns (see the module).
 
     The server starts with the environment a spawned worker would (:func:`pre_spawn_environ`, and
-    the hash seed Dask's nanny sets), and ignoring SIGINT and SIGTERM (``daskimg.worker.ignore-stop-signals``):
-    the workers forked from it inherit both, and leave stop signals to the command. It then imports what a worker needs
-    (:mod:`daskimg._worker_imports`, or its modules unfrozen with ``daskimg.worker.freeze-imports: false``).
-    A cluster uses it once Dask's ``distributed.worker.multiprocessing-method`` is ``forkserver``.
+    the hash seed Dask's nanny sets), and ignoring SIGINT and SIGTERM
+    (``daskimg.worker.ignore-stop-signals``): the workers forked from it inherit both, and leave
+    stop signals to the command. It then imports what a worker needs (:mod:`daskimg._worker_imports`,
+    or its modules unfrozen with ``daskimg.worker.freeze-imports: false``). A cluster uses it once
+    Dask's ``distributed.worker.multiprocessing-method`` is ``forkserver``.
     """
     if not HAS_FORK_SERVER or not dask.config.get("daskimg.command.fork-server", True):
         return False
