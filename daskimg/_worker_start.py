@@ -36,8 +36,8 @@ from ._compat import HAS_FORK_SERVER
 from ._signals import ignoring_stop_signals
 from .errors import ConfigError
 
-__all__ = ["FORK_SERVER", "LOCAL_PRE_SPAWN_ENVIRON", "WORKER_MODULES", "environ_kept", "pre_spawn_environ",
-           "start_fork_server"]
+__all__ = ["FORK_SERVER", "LOCAL_PRE_SPAWN_ENVIRON", "WORKER_MODULES", "environ_kept", "freezes_imports",
+           "ignores_stop_signals", "pre_spawn_environ", "start_fork_server"]
 
 FORK_SERVER = "forkserver"  # the multiprocessing start method
 # What a worker imports to run daskimg's tasks (see daskimg._worker_imports).
@@ -53,6 +53,16 @@ LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {
 # What Dask's nanny gives a worker it spawns when the pre-spawn environment sets no other
 # (consistent string hashes across workers).
 _DASK_HASH_SEED = "6640"
+
+
+def ignores_stop_signals() -> bool:
+    """``daskimg.worker.ignore-stop-signals`` (default true): workers ignore SIGINT and SIGTERM."""
+    return bool(dask.config.get("daskimg.worker.ignore-stop-signals", True))
+
+
+def freezes_imports() -> bool:
+    """``daskimg.worker.freeze-imports`` (default true): workers import :mod:`daskimg._worker_imports`."""
+    return bool(dask.config.get("daskimg.worker.freeze-imports", True))
 
 
 def pre_spawn_environ() -> dict[str, object]:
@@ -106,10 +116,8 @@ def start_fork_server() -> bool:
     environ = {k: str(v) for k, v in pre_spawn_environ().items()}
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = _DASK_HASH_SEED
-    freeze = dask.config.get("daskimg.worker.freeze-imports", True)
-    preload = ["daskimg._worker_imports"] if freeze else list(WORKER_MODULES)
-    ignore = dask.config.get("daskimg.worker.ignore-stop-signals", True)
-    with ignoring_stop_signals() if ignore else contextlib.nullcontext(), environ_kept():
+    preload = ["daskimg._worker_imports"] if freezes_imports() else list(WORKER_MODULES)
+    with ignoring_stop_signals() if ignores_stop_signals() else contextlib.nullcontext(), environ_kept():
         os.environ.update(environ)
         multiprocessing.get_context(FORK_SERVER).set_forkserver_preload(preload)
         multiprocessing.forkserver.ensure_running()

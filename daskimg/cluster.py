@@ -71,7 +71,7 @@ from distributed.core import Status
 from ._compat import usable_cpus
 from ._dashboard import build_on_first_visit, quiet_disconnects
 from ._signals import ignoring_stop_signals, stop_signals_to
-from ._worker_start import FORK_SERVER, environ_kept, pre_spawn_environ
+from ._worker_start import FORK_SERVER, environ_kept, freezes_imports, ignores_stop_signals, pre_spawn_environ
 from .errors import ClusterError, ConfigError, Interrupted
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "lost_a_worker", "only_waiting", "run_client",
@@ -123,10 +123,8 @@ class WorkerTuning(WorkerPlugin):
                  ignore_stop_signals: bool | None = None, freeze_imports: bool | None = None) -> None:
         self.opencv_threads: int | None = (dask.config.get("daskimg.worker.opencv-threads", 1)
                                            if isinstance(opencv_threads, _FromConfig) else opencv_threads)
-        self.ignore_stop_signals = (bool(dask.config.get("daskimg.worker.ignore-stop-signals", True))
-                                    if ignore_stop_signals is None else ignore_stop_signals)
-        self.freeze_imports = (bool(dask.config.get("daskimg.worker.freeze-imports", True))
-                               if freeze_imports is None else freeze_imports)
+        self.ignore_stop_signals = ignores_stop_signals() if ignore_stop_signals is None else ignore_stop_signals
+        self.freeze_imports = freezes_imports() if freeze_imports is None else freeze_imports
 
     def setup(self, worker: Any) -> None:
         if self.opencv_threads is not None:
