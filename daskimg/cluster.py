@@ -3,9 +3,9 @@
 A run uses the client it is given, else a client to the scheduler it is given, else the
 active client, else a ``LocalCluster`` that it starts and closes. daskimg changes nothing on a
 cluster it did not start. The clusters it starts are Dask's own (Dask's start method, except for
-the command's fork server, profiler and environment) with :class:`WorkerTuning` registered, a
-dashboard built on its first visit (see :mod:`daskimg._dashboard`) and two changes to Dask's config;
-each setting is a Dask config key:
+the command's fork server; Dask's environment, profiler and event loop checks, with the changes
+below) with :class:`WorkerTuning` registered and a dashboard built on its first visit (see
+:mod:`daskimg._dashboard`); each setting is a Dask config key:
 
 ``daskimg.worker.opencv-threads`` (default 1)
     OpenCV's threads per worker process. A worker already runs one image per thread; OpenCV's
@@ -41,6 +41,13 @@ each setting is a Dask config key:
     caller's value stays. ``null`` leaves Dask's. At 10 ms, each worker's event loop walks the
     stacks of its busy threads a hundred times a second, about 3% of a run's CPU (with
     daskimg's short, busy tasks); every tenth sample still fills the dashboard's Profile page.
+``daskimg.local-cluster.tick-interval`` (default ``500ms``)
+    Dask's ``distributed.admin.tick.interval`` for the scheduler, nannies and workers of the
+    clusters daskimg starts, on the same terms as the profile interval. Every Dask server wakes
+    its event loop at this interval only to time it (the dashboard's event loop panel, and the
+    "event loop was unresponsive" warning after ``distributed.admin.tick.limit``, 3 s). At
+    Dask's 20 ms, the five event loops of a two-worker cluster take about 0.07 s of CPU a
+    second, idle or busy: 3-4% of a run on two cores. 500 ms is what Dask's own test clusters use.
 ``daskimg.command.fork-server`` (default true)
     The command, in a process of its own, forks its local cluster's workers from one server
     process that has imported their code (:mod:`daskimg._worker_start`); elsewhere, or with
@@ -349,29 +356,36 @@ def _child_processes() -> frozenset[int]:
     return frozenset(p.pid for p in multiprocessing.active_children() if p.pid is not None)
 
 
-LOCAL_PROFILE_INTERVAL = "100ms"  # daskimg.local-cluster.profile-interval: see the module
+# daskimg.local-cluster.<name>: (the Dask key it sets for the clusters daskimg starts, its default); see the module
+_INTERVALS = {
+    "profile-interval": ("distributed.worker.profile.interval", "100ms"),
+    "tick-interval": ("distributed.admin.tick.interval", "500ms"),
+}
 
 
 def _local_cluster_config(fork_server: bool = False) -> dict[str, object]:
-    """The Dask config of a cluster daskimg starts: the pre-spawn environment and the profile interval.
+    """The Dask config of a cluster daskimg starts: the pre-spawn environment and two intervals.
 
     The variables of ``distributed.nanny.pre-spawn-environ`` must be in a worker's environment
     as its C libraries start. Dask's are updated with ``daskimg.local-cluster.pre-spawn-environ``
     (see the module); then a variable the caller has set in this process's environment is left
-    out, so that the workers inherit the caller's value. The profile interval is
-    ``daskimg.local-cluster.profile-interval``, unless the caller set Dask's own.
+    out, so that the workers inherit the caller's value. The profiler's and the event loops'
+    intervals are ``daskimg.local-cluster.profile-interval`` and ``tick-interval``, each unless
+    the caller set Dask's own key.
     """
     config: dict[str, object] = {"distributed.nanny.pre-spawn-environ": pre_spawn_environ()}
     if fork_server:
         config["distributed.worker.multiprocessing-method"] = FORK_SERVER
-    interval = dask.config.get("daskimg.local-cluster.profile-interval", LOCAL_PROFILE_INTERVAL)
-    if interval is not None and not _set_by_caller("distributed.worker.profile.interval"):
+    for name, (key, default) in _INTERVALS.items():
+        interval = dask.config.get(f"daskimg.local-cluster.{name}", default)
+        if interval is None or _set_by_caller(key):
+            continue
         try:
-            parse_timedelta(interval, default="ms")  # as Dask's worker reads it
+            parse_timedelta(interval, default="ms")  # as Dask reads it
         except (TypeError, ValueError, KeyError):
-            raise ConfigError(f"the Dask config key daskimg.local-cluster.profile-interval must be a time "
-                              f"such as '100ms' (null leaves Dask's), got {interval!r}") from None
-        config["distributed.worker.profile.interval"] = interval
+            raise ConfigError(f"the Dask config key daskimg.local-cluster.{name} must be a time such as "
+                              f"{default!r} (null leaves Dask's), got {interval!r}") from None
+        config[key] = interval
     return config
 
 

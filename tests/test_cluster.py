@@ -45,8 +45,8 @@ _RESTART = """
         status = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
         ignored = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
         stop_signals_ignored = all(ignored & (1 << (s - 1)) for s in (signal.SIGINT, signal.SIGTERM))
-        profile = dask.config.get("distributed.worker.profile.interval")
-        return os.getpid(), (cv2.getNumThreads(), stop_signals_ignored, profile)
+        intervals = [dask.config.get(f"distributed.{k}.interval") for k in ("worker.profile", "admin.tick")]
+        return os.getpid(), (cv2.getNumThreads(), stop_signals_ignored, *intervals)
 
     if __name__ == "__main__":
         with run_client(workers=1, threads_per_worker=1, dashboard_address=None) as client:
@@ -60,12 +60,15 @@ _RESTART = """
                 if states and states[0][0] != first:
                     print("restarted", states[0][1])
                     break
+            ms = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
+            print(f"scheduler ticks every {ms / 1000:g} s")
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_local_cluster_are_tuned_and_ignore_stop_signals_also_after_a_restart(tmp_path: Path) -> None:
-    assert _python(_RESTART, tmp_path) == ["first (1, True, '100ms')", "restarted (1, True, '100ms')"]
+    assert _python(_RESTART, tmp_path) == ["first (1, True, '100ms', '500ms')", "restarted (1, True, '100ms', '500ms')",
+                                           "scheduler ticks every 0.5 s"]
 
 
 _START = """
@@ -225,22 +228,25 @@ def test_a_pre_spawn_environ_that_is_not_a_mapping_is_a_config_error() -> None:
         assert _local_cluster_config()["distributed.nanny.pre-spawn-environ"]["MALLOC_ARENA_MAX"] == "2"
 
 
-def test_the_profile_interval_of_local_clusters_leaves_one_the_caller_set() -> None:
+@pytest.mark.parametrize(("name", "key", "default"), [
+    ("profile-interval", "distributed.worker.profile.interval", "100ms"),
+    ("tick-interval", "distributed.admin.tick.interval", "500ms"),
+])
+def test_the_intervals_of_local_clusters_leave_one_the_caller_set(name: str, key: str, default: str) -> None:
     import dask
 
     from daskimg.cluster import _local_cluster_config
     from daskimg.errors import ConfigError
 
-    key = "distributed.worker.profile.interval"
-    assert _local_cluster_config()[key] == "100ms"
-    with dask.config.set({"daskimg.local-cluster.profile-interval": "50ms"}):
+    assert _local_cluster_config()[key] == default
+    with dask.config.set({f"daskimg.local-cluster.{name}": "50ms"}):
         assert _local_cluster_config()[key] == "50ms"
-    with dask.config.set({"daskimg.local-cluster.profile-interval": None}):
+    with dask.config.set({f"daskimg.local-cluster.{name}": None}):
         assert key not in _local_cluster_config()  # Dask's own
     with dask.config.set({key: "5ms"}):
         assert key not in _local_cluster_config()  # the caller's, which the cluster inherits
-    with (dask.config.set({"daskimg.local-cluster.profile-interval": "often"}),
-          pytest.raises(ConfigError, match="must be a time")):
+    with (dask.config.set({f"daskimg.local-cluster.{name}": "often"}),
+          pytest.raises(ConfigError, match=f"local-cluster.{name} must be a time")):
         _local_cluster_config()
 
 
