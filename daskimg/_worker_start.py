@@ -25,12 +25,15 @@ as Dask does, and so does the command where there is no ``forkserver`` (Windows)
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import multiprocessing.forkserver
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import dask.config
+import yaml
 
 from ._compat import HAS_FORK_SERVER
 from ._signals import ignoring_stop_signals
@@ -50,6 +53,7 @@ LOCAL_PRE_SPAWN_ENVIRON: dict[str, str | None] = {
     "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
     "MALLOC_ARENA_MAX": "1",
 }
+_PRE_SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
 # What Dask's nanny gives a worker it spawns when the pre-spawn environment sets no other
 # (consistent string hashes across workers).
 _DASK_HASH_SEED = "6640"
@@ -67,7 +71,7 @@ def freezes_imports() -> bool:
 
 def pre_spawn_environ() -> dict[str, object]:
     """Dask's ``distributed.nanny.pre-spawn-environ`` with daskimg's changes, less the caller's own variables."""
-    environ: dict[str, object] = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ = _dask_pre_spawn_environ()
     changes = dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})
     if not isinstance(changes, Mapping):
         raise ConfigError(f"the Dask config key daskimg.local-cluster.pre-spawn-environ must be a mapping of "
@@ -79,6 +83,24 @@ def pre_spawn_environ() -> dict[str, object]:
         else:
             environ[key] = value
     return {k: v for k, v in environ.items() if k not in os.environ}
+
+
+def _dask_pre_spawn_environ() -> dict[str, object]:
+    """Dask's ``distributed.nanny.pre-spawn-environ``, also before ``distributed`` is imported.
+
+    Its defaults (``OMP_NUM_THREADS=1`` and others) ship in ``distributed``'s ``distributed.yaml``,
+    and reach Dask's config only as ``distributed`` is imported; the command starts its fork server
+    before that. Until then they are read from the same file, under what the caller has set.
+    """
+    environ: dict[str, object] = dict(dask.config.get(_PRE_SPAWN_ENVIRON, {}))
+    if dask.config.get(_PRE_SPAWN_ENVIRON, None, config=dask.config.merge(*dask.config.defaults)) is not None:
+        return environ  # distributed's defaults are in the config already
+    spec = importlib.util.find_spec("distributed")  # (a top-level package: found, not imported)
+    if spec is None or spec.origin is None:
+        return environ
+    shipped = yaml.load(Path(spec.origin).with_name("distributed.yaml").read_text(),
+                        Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {**shipped["distributed"]["nanny"]["pre-spawn-environ"], **environ}
 
 
 @contextlib.contextmanager
@@ -113,7 +135,7 @@ def start_fork_server() -> bool:
     """
     if not HAS_FORK_SERVER or not dask.config.get("daskimg.command.fork-server", True):
         return False
-    environ = {k: str(v) for k, v in pre_spawn_environ().items()}
+    environ = {k: str(v) for k, v in pre_spawn_environ().items() if v is not None}  # (Dask's config: None unsets)
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = _DASK_HASH_SEED
     preload = ["daskimg._worker_imports"] if freezes_imports() else list(WORKER_MODULES)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,12 +155,23 @@ def test_the_commands_workers_fork_from_a_server_that_imported_their_code_where_
 ) -> None:
     """Where multiprocessing has a fork server, the command's workers are forked from one that has
     imported what they run (none imports it again); without one (Windows) they are spawned, and the run
-    is the same."""
+    is the same. Either way each worker's process begins with Dask's pre-spawn environment and daskimg's
+    changes to it, which its C libraries read as they load (Linux shows it in ``/proc/self/environ``)."""
     record = tmp_path / "workers.txt"
     preload = tmp_path / "record_worker.py"  # a Dask preload: runs in each worker as it starts
-    preload.write_text("import os, sys\n\ndef dask_setup(worker):\n"
-                       f"    with open({str(record)!r}, 'a') as f:\n"
-                       "        f.write(f\"{os.getppid()} {'daskimg._stages' in sys.modules}\\n\")\n")
+    preload.write_text(textwrap.dedent(f"""
+        import os, sys
+
+        def dask_setup(worker):
+            try:
+                with open("/proc/self/environ", "rb") as f:  # as the process began (os.environ may differ)
+                    began = dict(v.decode().partition("=")[::2] for v in f.read().split(b"\\0") if v)
+            except OSError:  # not Linux
+                began = {{}}
+            with open({str(record)!r}, "a") as f:
+                f.write(f"{{os.getppid()}} {{'daskimg._stages' in sys.modules}} {{began.get('OMP_NUM_THREADS')}} "
+                        f"{{began.get('MALLOC_ARENA_MAX')}}\\n")
+    """))
     env = dict(os.environ, DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{preload}"]')
     out = tmp_path / "out.zarr"
     args = ["--demo", str(out), "--size", "16", "--workers", "2", *QUIET]
@@ -172,9 +184,11 @@ def test_the_commands_workers_fork_from_a_server_that_imported_their_code_where_
     workers = [line.split() for line in record.read_text().splitlines()]
     assert len(workers) == 2
     forked = platform == "forkserver"
-    for parent, imported in workers:
+    for parent, imported, omp_threads, malloc_arenas in workers:
         assert (int(parent) != run.pid) is forked  # forked by the server, else spawned by the command
         assert imported == str(forked)
+        if sys.platform.startswith("linux"):  # Dask's pre-spawn variable, and one of daskimg's
+            assert (omp_threads, malloc_arenas) == ("1", "1")
 
 
 def test_a_local_cluster_whose_workers_do_not_start_ends_with_one_line_and_status_2(
