@@ -40,7 +40,7 @@ from ._signals import ignoring_stop_signals
 from .errors import ConfigError
 
 __all__ = ["FORK_SERVER", "LOCAL_PRE_SPAWN_ENVIRON", "WORKER_MODULES", "environ_kept", "freezes_imports",
-           "ignores_stop_signals", "pre_spawn_environ", "start_fork_server"]
+           "ignores_stop_signals", "pre_spawn_environ", "shipped_default", "start_fork_server"]
 
 FORK_SERVER = "forkserver"  # the multiprocessing start method
 # What a worker imports to run daskimg's tasks (see daskimg._worker_imports).
@@ -85,6 +85,12 @@ def pre_spawn_environ() -> dict[str, object]:
     return {k: v for k, v in environ.items() if k not in os.environ}
 
 
+def shipped_default(key: str) -> object:
+    """The default of Dask's config key ``key`` as its package ships it (None before the package that
+    declares it is imported)."""
+    return dask.config.get(key, None, config=dask.config.merge(*dask.config.defaults))
+
+
 def _dask_pre_spawn_environ() -> dict[str, object]:
     """Dask's ``distributed.nanny.pre-spawn-environ``, also before ``distributed`` is imported.
 
@@ -93,7 +99,7 @@ def _dask_pre_spawn_environ() -> dict[str, object]:
     before that. Until then they are read from the same file, under what the caller has set.
     """
     environ: dict[str, object] = dict(dask.config.get(_PRE_SPAWN_ENVIRON, {}))
-    if dask.config.get(_PRE_SPAWN_ENVIRON, None, config=dask.config.merge(*dask.config.defaults)) is not None:
+    if shipped_default(_PRE_SPAWN_ENVIRON) is not None:
         return environ  # distributed's defaults are in the config already
     spec = importlib.util.find_spec("distributed")  # (a top-level package: found, not imported)
     if spec is None or spec.origin is None:

@@ -78,7 +78,14 @@ from distributed.core import Status
 from ._compat import usable_cpus
 from ._dashboard import build_on_first_visit, quiet_disconnects
 from ._signals import ignoring_stop_signals, stop_signals_to
-from ._worker_start import FORK_SERVER, environ_kept, freezes_imports, ignores_stop_signals, pre_spawn_environ
+from ._worker_start import (
+    FORK_SERVER,
+    environ_kept,
+    freezes_imports,
+    ignores_stop_signals,
+    pre_spawn_environ,
+    shipped_default,
+)
 from .errors import ClusterError, ConfigError, Interrupted
 
 __all__ = ["Starting", "WorkerTuning", "default_workers", "lost_a_worker", "only_waiting", "run_client",
@@ -391,8 +398,7 @@ def _local_cluster_config(fork_server: bool = False) -> dict[str, object]:
 
 def _set_by_caller(key: str) -> bool:
     """Whether Dask's config key ``key`` differs from the default Dask ships for it."""
-    shipped = dask.config.get(key, None, config=dask.config.merge(*dask.config.defaults))
-    return bool(dask.config.get(key, None) != shipped)
+    return bool(dask.config.get(key, None) != shipped_default(key))
 
 
 def lost_a_worker() -> bool:
