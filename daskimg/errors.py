@@ -6,7 +6,8 @@ and a message in the metadata table), never an exception::
     DaskimgError
      ├── ConfigError(ValueError)        a setting that cannot work (size 0, unknown mode)
      ├── InputError(OSError)            the URL table cannot be read or has no URL column
-     ├── OutputError(OSError)           the output exists with other settings, or cannot be written
+     ├── OutputError(OSError)           the output exists with other settings, is being written by
+     │                                  another run, or cannot be written
      └── ClusterError(RuntimeError)     the local cluster's workers did not start
 
     Interrupted(KeyboardInterrupt)      a run stopped on SIGINT or SIGTERM; run again to resume
@@ -31,7 +32,7 @@ class InputError(DaskimgError, OSError):
 
 
 class OutputError(DaskimgError, OSError):
-    """The output cannot be created, or exists with different settings."""
+    """The output cannot be created, exists with different settings, or another run is writing it."""
 
 
 class ClusterError(DaskimgError, RuntimeError):

@@ -223,23 +223,25 @@ class Job:
             job = dataclasses.replace(self, source=count_rows(c, self.source, stop))
             output = job.prepare(path, format=format, compression=compression, overwrite=overwrite,
                                  storage_options=storage_options)
-            output.remove_leftovers()  # of writers killed in an earlier run
-            listing = output.listing()
-            done = output.done_chunks(listing)
-            resumed = int(done.sum())
-            only = None if chunks is None else np.isin(np.arange(output.n_chunks), np.asarray(chunks, dtype=np.int64))
-            bar = Progress(output.n_rows, enabled=progress)
-            if resumed:  # a resumed run starts the bar where the last one stopped
-                bar.resume(_rows_in(output, done), output.status_counts(listing))
-            outcome = stream_chunks(
-                c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
-                preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,
-                listing=listing,
-            )
-            bar.draw(final=True)
-            stop.check()
-            counts = _count_statuses(output)
-            output.remove_leftovers()  # of workers lost during this run; every write has come back
+            with output.locked():  # one run at a time: a second one would remove this one's files
+                output.remove_leftovers()  # of writers killed in an earlier run
+                listing = output.listing()
+                done = output.done_chunks(listing)
+                resumed = int(done.sum())
+                only = None if chunks is None else np.isin(np.arange(output.n_chunks),
+                                                           np.asarray(chunks, dtype=np.int64))
+                bar = Progress(output.n_rows, enabled=progress)
+                if resumed:  # a resumed run starts the bar where the last one stopped
+                    bar.resume(_rows_in(output, done), output.status_counts(listing))
+                outcome = stream_chunks(
+                    c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
+                    preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,
+                    listing=listing,
+                )
+                bar.draw(final=True)
+                stop.check()
+                counts = _count_statuses(output)
+                output.remove_leftovers()  # of workers lost during this run; every write has come back
             dashboard = c.dashboard_link
         return Summary(path, output.n_rows, counts, time.monotonic() - start, outcome.processed, resumed,
                        outcome.failed, dashboard)

@@ -19,6 +19,7 @@ import pytest
 from distributed import Client
 
 import daskimg
+from daskimg.output import locate_output
 
 from .conftest import HandMadeCluster, workers_die_as_they_start
 from .server import FaultServer, free_port
@@ -217,6 +218,22 @@ def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> No
     assert "--overwrite" in refused.stderr
     assert sorted(p.name for p in (out / "metadata").iterdir()) == before
     assert daskimg.open(str(out))[0].shape[1] == 32
+
+
+@pytest.mark.slow
+def test_an_output_another_run_is_writing_gets_one_line_and_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "demo.zarr"
+    assert cli("--demo", str(out), "--size", "32", *QUIET).returncode == 0
+    before = sorted(p.name for p in (out / "metadata").iterdir())
+    output, _ = locate_output(str(out))
+    with output.locked():  # as a run in another process would hold it
+        refused = cli("--demo", str(out), "--size", "32", "--overwrite", *QUIET)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"daskimg: error: {out} is being written by another run (process {os.getpid()} on "), refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == before
+    assert daskimg.open(str(out))[0].shape == (11, 32, 32, 3)
 
 
 @pytest.mark.slow

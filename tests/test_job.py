@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -152,6 +153,27 @@ def test_an_interrupted_output_is_completed_by_the_next_run(
     reference = tmp_path / "ref.zarr"
     j.to_zarr(str(reference), client=client, progress=False)
     np.testing.assert_array_equal(images.compute(), daskimg.open(str(reference))[0].compute())
+
+
+def test_an_output_another_run_is_writing_is_refused_and_left_as_it_is(
+    tmp_path: Path, server: FaultServer, client: Client
+) -> None:
+    urls = [server.url(f"/img/{GOOD[i % len(GOOD)]}?run=locked&i={i}") for i in range(16)]
+    out = str(tmp_path / "out.zarr")
+    j = job(urls, chunk=8)
+    j.to_zarr(out, client=client, progress=False, chunks=[0])  # a run that has written its first chunk
+    hits = sum(server.hits.values())
+    output = j.counted().prepare(out)
+    held = re.escape(f"{out} is being written by another run (process {os.getpid()} on ")
+    with output.locked():  # as that run holds it while it writes the second
+        for overwrite in (False, True):
+            with pytest.raises(OutputError, match=held):
+                j.to_zarr(out, client=client, progress=False, overwrite=overwrite)
+        assert output.done_chunks().tolist() == [True, False]  # nothing removed, nothing redone
+    assert sum(server.hits.values()) == hits  # nothing fetched
+    summary = j.to_zarr(out, client=client, progress=False)  # once that run has ended, the next one resumes
+    assert summary.complete
+    assert summary.processed == 8
 
 
 def test_a_directory_that_is_not_an_output_is_never_touched(tmp_path: Path, client: Client) -> None:

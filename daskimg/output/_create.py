@@ -16,7 +16,7 @@ from .._storage import bucket_of, bucket_problem
 from .._types import STATUS_CODES
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
-from ._store import Output, OutputFormat, compressor
+from ._store import LOCK, Output, OutputFormat, compressor
 
 __all__ = ["check_output_location", "prepare_output"]
 
@@ -109,6 +109,10 @@ def _prepare(out: Output, shape: tuple[int, ...], dtype: str, dim_names: tuple[s
                              if settings.get(k) != previous.get("settings", {}).get(k))
             raise OutputError(f"{path} was made with other settings ({', '.join(changed)} differ); "
                               "pass --overwrite to replace it, or choose another output")
+        with out.locked():  # never from under a run that is writing it; Windows deletes no open file
+            for entry in fs.ls(root, detail=False, refresh=True):
+                if entry.rstrip("/").rsplit("/", 1)[-1] != LOCK:
+                    fs.rm(entry, recursive=True)
         fs.rm(root, recursive=True)
     from .. import __version__
 

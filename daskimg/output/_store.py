@@ -16,6 +16,8 @@ the ok flags and the metadata part are all in place; on a file system every file
 under a temporary name in ``OUTPUT/.daskimg-tmp/`` and renamed into place (an object store
 puts each object whole), so a killed run never leaves a chunk marked done that is incomplete.
 What a killed writer leaves in that folder is removed by the next run (:meth:`Output.remove_leftovers`).
+On a file system a run also holds a lock on ``OUTPUT/.daskimg-lock`` (:meth:`Output.locked`), so that a
+second run on the same output stops with an error instead of removing the first one's files.
 
 Once every chunk of a group (``GROUP_ROWS`` rows) is done, :meth:`Output.compact` merges
 their metadata parts into one file named by its chunk range, which also marks them done;
@@ -32,11 +34,13 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import re
+import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,11 +55,12 @@ import zarr
 import zarr.codecs
 from fsspec.implementations.local import LocalFileSystem
 
+from .._compat import try_lock
 from .._types import META_SCHEMA, STATUS_CODES, ImagePartition, Status
 from ..errors import OutputError
 
-__all__ = ["GROUP_ROWS", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec", "compressor",
-           "load_npy", "total_counts", "write_times"]
+__all__ = ["GROUP_ROWS", "LOCK", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec",
+           "compressor", "load_npy", "total_counts", "write_times"]
 
 OutputFormat = Literal["zarr", "npy"]
 NPY_SETTINGS = "daskimg.json"
@@ -65,6 +70,7 @@ _COUNTS_KEY = b"daskimg.counts"
 _CHUNKS_KEY = b"daskimg.chunks"  # per chunk of the file: [chunk, rows, ok rows, unix time it was written]
 _PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
 STAGING = ".daskimg-tmp"  # on a file system, where files are written before they are renamed into place
+LOCK = ".daskimg-lock"  # on a file system, held by the process running a job on the output
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,15 @@ def compressor(name: str) -> Any:
     if name == "lz4":
         return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=zarr.codecs.BloscShuffle.shuffle)
     return None
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the lock file ``fd``, as its holder wrote it (Windows keeps a locked byte from others)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 200).decode(errors="replace").strip() or "a process that has just started"
+    except OSError:
+        return "another process"
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,36 @@ class Output:
                     fs.rm(tmp)
         else:
             fs.pipe_file(final, bytes(data))
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """This output for one run at a time: the block runs while this process holds the output's lock.
+
+        On a file system the lock is ``OUTPUT/.daskimg-lock``, which names its holder; the system
+        releases it when the block ends or the process does, however it ends, so a killed run never
+        leaves a stale lock. Object stores have no such lock; two runs there write the same bytes.
+
+        Raises
+        ------
+        OutputError
+            When another process holds the lock: another run is writing this output.
+        """
+        fs, root = self._fs
+        if not isinstance(fs, LocalFileSystem):
+            yield
+            return
+        fd = os.open(f"{root}/{LOCK}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not try_lock(fd):
+                raise OutputError(f"{self.path} is being written by another run ({_lock_holder(fd)}); "
+                                  "wait for it to end, or stop it and run again to resume")
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {since}".encode())
+            yield
+        finally:
+            os.close(fd)
 
     def remove_leftovers(self) -> None:
         """Remove what writers killed mid-write left (their temporary files): call it while no task writes here."""
