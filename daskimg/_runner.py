@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import dask
 import numpy as np
 from dask.typing import Key
 from distributed import Client, Future, as_completed
 
+from . import _config
 from ._refetch import refetch_deferred
 from ._signals import stop_signals_to
 from ._stages import FetchedPartition, fetch_partition, preprocess_partition
@@ -59,7 +59,7 @@ from .output import ChunkReport, Listing, Output
 from .progress import Progress
 from .sources import Block, Source, read_rows
 
-__all__ = ["GRACE", "Stop", "Window", "count_rows", "stream_chunks"]
+__all__ = ["GRACE", "Stop", "Window", "chunks_per_thread", "count_rows", "stream_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,17 @@ class Stop:
             raise Interrupted(self.signum)
 
 
+def chunks_per_thread() -> float:
+    """``daskimg.chunks-per-thread`` (default 2): the chunks in flight per worker thread (see the module)."""
+    return _config.positive("daskimg.chunks-per-thread", 2)
+
+
 class Window:
     """How many chunks may be in flight: ``per_thread`` per worker thread of the cluster, read again every second."""
 
     def __init__(self, client: Client, per_thread: float | None = None, every: float = 1.0) -> None:
         self.client = client
-        self.per_thread = float(dask.config.get("daskimg.chunks-per-thread", 2)) if per_thread is None else per_thread
+        self.per_thread = chunks_per_thread() if per_thread is None else per_thread
         self.every = every
         self._size = 0
         self._checked = -math.inf

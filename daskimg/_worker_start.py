@@ -29,15 +29,15 @@ import importlib.util
 import multiprocessing
 import multiprocessing.forkserver
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask.config
 import yaml
 
+from . import _config
 from ._compat import HAS_FORK_SERVER
 from ._signals import ignoring_stop_signals
-from .errors import ConfigError
 
 __all__ = ["FORK_SERVER", "LOCAL_PRE_SPAWN_ENVIRON", "WORKER_MODULES", "environ_kept", "freezes_imports",
            "ignores_stop_signals", "pre_spawn_environ", "shipped_default", "start_fork_server"]
@@ -61,21 +61,19 @@ _DASK_HASH_SEED = "6640"
 
 def ignores_stop_signals() -> bool:
     """``daskimg.worker.ignore-stop-signals`` (default true): workers ignore SIGINT and SIGTERM."""
-    return bool(dask.config.get("daskimg.worker.ignore-stop-signals", True))
+    return _config.flag("daskimg.worker.ignore-stop-signals", True)
 
 
 def freezes_imports() -> bool:
     """``daskimg.worker.freeze-imports`` (default true): workers import :mod:`daskimg._worker_imports`."""
-    return bool(dask.config.get("daskimg.worker.freeze-imports", True))
+    return _config.flag("daskimg.worker.freeze-imports", True)
 
 
 def pre_spawn_environ() -> dict[str, object]:
     """Dask's ``distributed.nanny.pre-spawn-environ`` with daskimg's changes, less the caller's own variables."""
     environ = _dask_pre_spawn_environ()
-    changes = dask.config.get("daskimg.local-cluster.pre-spawn-environ", {})
-    if not isinstance(changes, Mapping):
-        raise ConfigError(f"the Dask config key daskimg.local-cluster.pre-spawn-environ must be a mapping of "
-                          f"variable names to values (null removes one), got {changes!r}")
+    changes = _config.mapping("daskimg.local-cluster.pre-spawn-environ",
+                              "a mapping of variable names to values (null removes one)")
     own = {**LOCAL_PRE_SPAWN_ENVIRON, **changes}
     for key, value in own.items():
         if value is None:
@@ -139,7 +137,7 @@ def start_fork_server() -> bool:
     or its modules unfrozen with ``daskimg.worker.freeze-imports: false``). A cluster uses it once
     Dask's ``distributed.worker.multiprocessing-method`` is ``forkserver``.
     """
-    if not HAS_FORK_SERVER or not dask.config.get("daskimg.command.fork-server", True):
+    if not HAS_FORK_SERVER or not _config.flag("daskimg.command.fork-server", True):
         return False
     environ = {k: str(v) for k, v in pre_spawn_environ().items() if v is not None}  # (Dask's config: None unsets)
     if environ.get("PYTHONHASHSEED") in (None, "0"):

@@ -71,10 +71,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
-from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, rejoin, secede
 from distributed.core import Status
 
+from . import _config
 from ._compat import usable_cpus
 from ._dashboard import build_on_first_visit, quiet_disconnects
 from ._signals import ignoring_stop_signals, stop_signals_to
@@ -135,8 +135,9 @@ class WorkerTuning(WorkerPlugin):
 
     def __init__(self, opencv_threads: int | _FromConfig | None = _FROM_CONFIG,
                  ignore_stop_signals: bool | None = None, freeze_imports: bool | None = None) -> None:
-        self.opencv_threads: int | None = (dask.config.get("daskimg.worker.opencv-threads", 1)
-                                           if isinstance(opencv_threads, _FromConfig) else opencv_threads)
+        self.opencv_threads: int | None = (
+            _config.count("daskimg.worker.opencv-threads", 1, none="null leaves OpenCV's default")
+            if isinstance(opencv_threads, _FromConfig) else opencv_threads)
         self.ignore_stop_signals = ignores_stop_signals() if ignore_stop_signals is None else ignore_stop_signals
         self.freeze_imports = freezes_imports() if freeze_imports is None else freeze_imports
 
@@ -144,7 +145,7 @@ class WorkerTuning(WorkerPlugin):
         if self.opencv_threads is not None:
             import cv2
 
-            cv2.setNumThreads(int(self.opencv_threads))
+            cv2.setNumThreads(self.opencv_threads)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
         logger = logging.getLogger("distributed.worker")
         for old in [f for f in logger.filters if isinstance(f, _HeartbeatAtClose)]:  # registered again
@@ -384,15 +385,9 @@ def _local_cluster_config(fork_server: bool = False) -> dict[str, object]:
     if fork_server:
         config["distributed.worker.multiprocessing-method"] = FORK_SERVER
     for name, (key, default) in _INTERVALS.items():
-        interval = dask.config.get(f"daskimg.local-cluster.{name}", default)
-        if interval is None or _set_by_caller(key):
-            continue
-        try:
-            parse_timedelta(interval, default="ms")  # as Dask reads it
-        except (TypeError, ValueError, KeyError):
-            raise ConfigError(f"the Dask config key daskimg.local-cluster.{name} must be a time such as "
-                              f"{default!r} (null leaves Dask's), got {interval!r}") from None
-        config[key] = interval
+        interval = _config.interval(f"daskimg.local-cluster.{name}", default)
+        if interval is not None and not _set_by_caller(key):
+            config[key] = interval
     return config
 
 

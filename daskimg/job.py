@@ -23,7 +23,7 @@ import pandas as pd
 from dask.base import tokenize
 from distributed import Client
 
-from ._runner import Stop, count_rows, stream_chunks
+from ._runner import Stop, Window, chunks_per_thread, count_rows, stream_chunks
 from .cluster import run_client
 from .errors import ConfigError
 from .options import (
@@ -210,6 +210,7 @@ class Job:
         """
         if threads_per_worker < 1:
             raise ConfigError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+        per_thread = chunks_per_thread()
         # Before a cluster starts for nothing (the command's own cluster is already starting by now: it
         # imports daskimg while the workers spawn).
         check_output_location(path, storage_options)
@@ -236,7 +237,7 @@ class Job:
                 outcome = stream_chunks(
                     c, job.source, chunk=output.chunk, output=output, done=done, fetch=self.fetch_options,
                     preprocess=self.preprocess_options, token=job._token(output), bar=bar, stop=stop, only=only,
-                    listing=listing,
+                    listing=listing, window=Window(c, per_thread),
                 )
                 bar.draw(final=True)
                 stop.check()

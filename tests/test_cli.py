@@ -129,6 +129,33 @@ def test_misuse_gets_one_clear_line_and_writes_nothing(
     assert not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DASK_DASKIMG__WORKER__OPENCV_THREADS", "four",
+         "the Dask config key daskimg.worker.opencv-threads must be a whole number >= 0"),
+        ("DASK_DASKIMG__COMMAND__FORK_SERVER", "sometimes",
+         "the Dask config key daskimg.command.fork-server must be true or false, got 'sometimes'"),
+        ("DASK_DASKIMG__CHUNKS_PER_THREAD", "0",
+         "the Dask config key daskimg.chunks-per-thread must be a number above 0, got 0"),
+    ],
+    ids=["opencv-threads", "fork-server", "chunks-per-thread"],
+)
+def test_a_daskimg_config_key_of_the_wrong_kind_gets_one_line_and_writes_nothing(
+    tmp_path: Path, urls_csv: Path, variable: str, value: str, message: str
+) -> None:
+    """Set in the environment (or a Dask config file) as Dask reads it: the command names the key and stops
+    before the output is touched, instead of logging a worker's traceback and running without the setting."""
+    done = subprocess.run([sys.executable, "-m", "daskimg", str(urls_csv), str(tmp_path / "out.zarr"),
+                           "--url-col", "link", "--workers", "1", *QUIET],
+                          capture_output=True, text=True, timeout=180, env=dict(os.environ, **{variable: value}))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"daskimg: error: {message}")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
 _WORKERS_DIE = """
 import sys
 import daskimg.cluster
