@@ -186,7 +186,8 @@ class Starting:
 
         Raises :class:`~daskimg.errors.Interrupted` then if SIGINT or SIGTERM came meanwhile (see
         :func:`start_client`), or ``STOP_PATIENCE`` seconds after one if the workers are not up by then;
-        :class:`~daskimg.errors.ClusterError` if they are not up after ``START_TIMEOUT`` seconds.
+        :class:`~daskimg.errors.ClusterError` as soon as a worker has failed in its start-up, or if they are not
+        up after ``START_TIMEOUT`` seconds.
         """
         with self._until_ready:
             if self._workers:
@@ -198,19 +199,31 @@ class Starting:
         return self.client
 
     def _wait_for_workers(self, workers: int, timeout: float) -> None:
-        """Until ``workers`` workers have joined (:class:`~daskimg.errors.ClusterError` after ``timeout`` s), a
-        second at a time: workers that are still not up ``STOP_PATIENCE`` s after a stop signal may never be."""
+        """Until ``workers`` workers have joined, a second at a time: workers that are still not up
+        ``STOP_PATIENCE`` s after a stop signal may never be. :class:`~daskimg.errors.ClusterError` as soon as
+        a nanny has failed to start its worker (Dask starts no other in its place), or after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self.client.wait_for_workers(workers, timeout=max(0.1, min(1.0, deadline - time.monotonic())))
                 return
             except TimeoutError:
-                if self._heard and time.monotonic() - self._heard[0][1] >= STOP_PATIENCE:
+                failed = self._failed_nannies()
+                if self._heard and (failed or time.monotonic() - self._heard[0][1] >= STOP_PATIENCE):
                     raise Interrupted(self._heard[0][0]) from None
+                if failed:
+                    raise ClusterError(f"the local cluster's workers did not start: {failed} of {workers} failed in "
+                                       "their start-up (Dask's log says why)") from None
                 if time.monotonic() >= deadline:
                     raise ClusterError(f"the local cluster's workers did not start: {len(self.client.nthreads())} of "
                                        f"{workers} joined in {timeout:g} s (Dask's log says why)") from None
+
+    def _failed_nannies(self) -> int:
+        """How many nannies of the cluster started here failed to start their worker (a worker process
+        that died in its start-up: a broken installation, a preload that exits)."""
+        cluster = self.client.cluster
+        nannies = list(cluster.workers.values()) if cluster is not None else []
+        return sum(1 for nanny in nannies if getattr(nanny, "status", None) == Status.failed)
 
     def _wait_for_nannies(self, workers: int, deadline: float) -> None:
         """Until the cluster counts every nanny as started. A worker joins the scheduler a moment before
