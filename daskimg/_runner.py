@@ -267,14 +267,14 @@ def stream_chunks(
     token: str,
     bar: Progress,
     stop: Stop,
-    window: Window | None = None,
+    window: Window,
     only: np.ndarray | None = None,
     listing: Listing | None = None,
 ) -> Outcome:
     """Fetch, preprocess and write every chunk not ``done`` (a bool per chunk, updated here), or of those
-    the ones ``only`` marks; ``listing`` is the output's, if the caller has it. See the module."""
+    the ones ``only`` marks, keeping ``window`` chunks in flight; ``listing`` is the output's, if the caller has
+    it. See the module."""
     graph = _Graph(client, source, chunk, output, fetch, preprocess, token)
-    window = window or Window(client)
     todo: Iterator[int] = (int(k) for k in np.flatnonzero(~done if only is None else ~done & only))
     outcome = Outcome()
     inflight: dict[Key, _Chunk] = {}  # write key -> chunk
