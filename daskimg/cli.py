@@ -205,17 +205,25 @@ def report_main(argv: Sequence[str]) -> int:
 @contextlib.contextmanager
 def _table(args: argparse.Namespace, p: argparse.ArgumentParser) -> Iterator[tuple[str | pd.DataFrame, str]]:
     """The input and output the arguments name; for --demo, the demo server runs meanwhile."""
+    output = _output_path(args)
+    if output is None:
+        p.error("--demo takes only OUTPUT" if args.demo else "expected INPUT and OUTPUT")
     if args.demo:
-        if len(args.paths) > 1:
-            p.error("--demo takes only OUTPUT")
         from .demo import DemoServer
 
         with DemoServer() as server:
-            yield server.table, args.paths[0] if args.paths else "daskimg-demo.zarr"
+            yield server.table, output
         return
-    if len(args.paths) != 2:
-        p.error("expected INPUT and OUTPUT")
-    yield args.paths[0], args.paths[1]
+    yield args.paths[0], output
+
+
+def _output_path(args: argparse.Namespace) -> str | None:
+    """The output the arguments name, or None when they name none (:func:`_table` then says why)."""
+    if args.demo:
+        if len(args.paths) > 1:
+            return None
+        return args.paths[0] if args.paths else "daskimg-demo.zarr"
+    return args.paths[1] if len(args.paths) == 2 else None
 
 
 def _preprocess_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -281,6 +289,11 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
             from ._worker_start import start_fork_server
 
             fork_server = start_fork_server()
+        output_path = _output_path(args)
+        if output_path is not None:  # before a cluster starts for nothing (the server only imports meanwhile)
+            from ._lock import refuse_busy
+
+            refuse_busy(output_path)
         with _imports_unwatched(own_process):
             from .cluster import start_client
 

@@ -240,7 +240,7 @@ def test_an_output_with_other_settings_is_refused_and_kept(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_an_output_another_run_is_writing_gets_one_line_and_is_kept(tmp_path: Path) -> None:
+def test_an_output_another_run_is_writing_gets_one_line_before_a_cluster_starts_and_is_kept(tmp_path: Path) -> None:
     out = tmp_path / "demo.zarr"
     assert cli("--demo", str(out), "--size", "32", *QUIET).returncode == 0
     before = sorted(p.name for p in (out / "metadata").iterdir())
@@ -251,6 +251,7 @@ def test_an_output_another_run_is_writing_gets_one_line_and_is_kept(tmp_path: Pa
     assert refused.stderr.strip().splitlines()[-1].startswith(
         f"daskimg: error: {out} is being written by another run (process {os.getpid()} on "), refused.stderr
     assert "Traceback" not in refused.stderr
+    assert "dashboard at" not in refused.stderr  # refused before a cluster started for nothing
     assert sorted(p.name for p in (out / "metadata").iterdir()) == before
     assert daskimg.open(str(out))[0].shape == (11, 32, 32, 3)
 

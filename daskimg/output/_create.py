@@ -12,11 +12,12 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
+from .._lock import LOCK, refuse_busy
 from .._storage import bucket_of, bucket_problem
 from .._types import STATUS_CODES
 from ..errors import OutputError, cause
 from ..options import COMPRESSIONS
-from ._store import LOCK, Output, OutputFormat, compressor
+from ._store import Output, OutputFormat, compressor
 
 __all__ = ["check_output_location", "prepare_output"]
 
@@ -26,7 +27,8 @@ def _exists(fs: fsspec.AbstractFileSystem, root: str) -> bool:
 
 
 def check_output_location(path: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Refuse an output whose bucket is missing or cannot be reached, before a run starts anything.
+    """Refuse an output whose bucket is missing or cannot be reached, or that another run is writing,
+    before a run starts anything.
 
     Raises
     ------
@@ -45,6 +47,7 @@ def check_output_location(path: str, storage_options: Mapping[str, Any] | None =
         problem = _listing_problem(fs, root)
     if problem is not None:
         raise OutputError(f"cannot use {path} as the output: {cause(problem)}")
+    refuse_busy(path)
 
 
 def _listing_problem(fs: fsspec.AbstractFileSystem, root: str) -> BaseException | None:

@@ -34,9 +34,7 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import re
-import socket
 import time
 import uuid
 from collections import Counter
@@ -55,11 +53,11 @@ import zarr
 import zarr.codecs
 from fsspec.implementations.local import LocalFileSystem
 
-from .._compat import try_lock
+from .._lock import holding
 from .._types import META_SCHEMA, STATUS_CODES, ImagePartition, Status
 from ..errors import OutputError
 
-__all__ = ["GROUP_ROWS", "LOCK", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec",
+__all__ = ["GROUP_ROWS", "ChunkCodec", "ChunkReport", "Listing", "Output", "OutputFormat", "chunk_codec",
            "compressor", "load_npy", "total_counts", "write_times"]
 
 OutputFormat = Literal["zarr", "npy"]
@@ -70,7 +68,6 @@ _COUNTS_KEY = b"daskimg.counts"
 _CHUNKS_KEY = b"daskimg.chunks"  # per chunk of the file: [chunk, rows, ok rows, unix time it was written]
 _PART = re.compile(r"part-(\d+)(?:-(\d+))?\.parquet")
 STAGING = ".daskimg-tmp"  # on a file system, where files are written before they are renamed into place
-LOCK = ".daskimg-lock"  # on a file system, held by the process running a job on the output
 
 
 @dataclass(frozen=True)
@@ -106,15 +103,6 @@ def compressor(name: str) -> Any:
     if name == "lz4":
         return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=zarr.codecs.BloscShuffle.shuffle)
     return None
-
-
-def _lock_holder(fd: int) -> str:
-    """Who holds the lock file ``fd``, as its holder wrote it (Windows keeps a locked byte from others)."""
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.read(fd, 200).decode(errors="replace").strip() or "a process that has just started"
-    except OSError:
-        return "another process"
 
 
 @dataclass(frozen=True)
@@ -161,11 +149,8 @@ class Output:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """This output for one run at a time: the block runs while this process holds the output's lock.
-
-        On a file system the lock is ``OUTPUT/.daskimg-lock``, which names its holder; the system
-        releases it when the block ends or the process does, however it ends, so a killed run never
-        leaves a stale lock. Object stores have no such lock; two runs there write the same bytes.
+        """This output for one run at a time: the block runs while this process holds the output's lock
+        (:mod:`daskimg._lock`), on a file system; object stores have none.
 
         Raises
         ------
@@ -176,18 +161,8 @@ class Output:
         if not isinstance(fs, LocalFileSystem):
             yield
             return
-        fd = os.open(f"{root}/{LOCK}", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if not try_lock(fd):
-                raise OutputError(f"{self.path} is being written by another run ({_lock_holder(fd)}); "
-                                  "wait for it to end, or stop it and run again to resume")
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            since = time.strftime("%Y-%m-%d %H:%M:%S")
-            os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {since}".encode())
+        with holding(root, self.path):
             yield
-        finally:
-            os.close(fd)
 
     def remove_leftovers(self) -> None:
         """Remove what writers killed mid-write left (their temporary files): call it while no task writes here."""
