@@ -63,8 +63,8 @@ def refuse_busy(path: str) -> None:
     """Raise :class:`~daskimg.errors.OutputError` when another run holds the lock of the output at ``path``.
 
     Only a path on the local file system can be held; any other path, a new output and a free one pass.
-    The lock is taken for an instant to tell (no system call only tests it on every platform), so a
-    second run started at that very instant may be refused in this one's place; one of them runs.
+    The lock is taken for an instant to tell (no portable call tests a lock without taking it), so a
+    second run that starts at that very instant may be refused in this one's place; one of them runs.
     """
     where = infer_storage_options(path)
     if where["protocol"] not in ("file", "local"):
