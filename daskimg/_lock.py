@@ -5,8 +5,8 @@ before it deletes anything. The system releases it when its holder closes it or 
 ends (SIGKILL included), so a killed run never leaves a stale lock. The file names its holder.
 Object stores have no such lock; two runs there write the same bytes.
 
-This module imports no Dask, zarr or pandas: the command asks whether its output is busy before it
-starts a cluster.
+This module needs only the standard library: the command asks whether its output is busy
+before it starts anything else.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-
-from fsspec.utils import infer_storage_options
 
 from ._compat import try_lock
 from .errors import OutputError
@@ -66,11 +64,11 @@ def refuse_busy(path: str) -> None:
     The lock is taken for an instant to tell (no portable call tests a lock without taking it), so a
     second run that starts at that very instant may be refused in this one's place; one of them runs.
     """
-    where = infer_storage_options(path)
-    if where["protocol"] not in ("file", "local"):
+    root = _local_root(path)
+    if root is None:
         return
     try:
-        fd = os.open(os.path.join(where["path"], LOCK), os.O_RDWR)
+        fd = os.open(os.path.join(root, LOCK), os.O_RDWR)
     except OSError:  # no lock file yet; a folder that cannot be opened is reported when the output is prepared
         return
     try:
@@ -78,3 +76,18 @@ def refuse_busy(path: str) -> None:
             raise _busy(path, fd)
     finally:
         os.close(fd)
+
+
+def _local_root(path: str) -> str | None:
+    """The folder of an output on the local file system, as fsspec spells one (a plain path, ``file://``
+    or ``local://``); None for any other store, chained URLs (``simplecache::s3://...``) included.
+
+    fsspec's own parser is not used: importing fsspec takes a tenth of a second, which the command
+    would spend before its fork server starts.
+    """
+    if "::" in path:
+        return None
+    protocol, sep, rest = path.partition("://")
+    if not sep:
+        return path
+    return rest if protocol in ("file", "local") else None

@@ -284,16 +284,16 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         for name in ("chunk", "workers", "threads_per_worker"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 p.error(f"--{name.replace('_', '-')} must be >= 1")
+        output_path = _output_path(args)
+        if output_path is not None:  # before anything starts for nothing
+            from ._lock import refuse_busy
+
+            refuse_busy(output_path)
         fork_server = False
         if own_process and not args.scheduler:  # a local cluster: its workers fork from the server
             from ._worker_start import start_fork_server
 
             fork_server = start_fork_server()
-        output_path = _output_path(args)
-        if output_path is not None:  # before a cluster starts for nothing (the server only imports meanwhile)
-            from ._lock import refuse_busy
-
-            refuse_busy(output_path)
         with _imports_unwatched(own_process):
             from .cluster import start_client
 

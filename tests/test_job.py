@@ -17,6 +17,7 @@ import zarr
 from distributed import Client
 
 import daskimg
+from daskimg._lock import holding, refuse_busy
 from daskimg.errors import ConfigError, OutputError
 from daskimg.options import FetchChanges, FetchOptions, PreprocessChanges, PreprocessOptions
 
@@ -174,6 +175,17 @@ def test_an_output_another_run_is_writing_is_refused_and_left_as_it_is(
     summary = j.to_zarr(out, client=client, progress=False)  # once that run has ended, the next one resumes
     assert summary.complete
     assert summary.processed == 8
+
+
+def test_a_busy_output_is_refused_by_its_path_and_by_its_file_url(tmp_path: Path) -> None:
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    with holding(str(out), str(out)):  # as a run in this or another process holds it
+        for name in (str(out), f"file://{out}", f"local://{out}"):
+            with pytest.raises(OutputError, match="is being written by another run"):
+                refuse_busy(name)
+        refuse_busy(f"memory://{out}")  # another store: no lock to ask
+    refuse_busy(str(out))  # free once its holder has let go
 
 
 def test_a_directory_that_is_not_an_output_is_never_touched(tmp_path: Path, client: Client) -> None:
