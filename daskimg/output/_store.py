@@ -246,7 +246,9 @@ class Output:
         chunks = self._group_range(group)
         if len(chunks) == 1 and self.chunks_per_group == 1:
             return self._rows(chunks.start)  # one chunk a group: its part is the group
-        tables = [pq.read_table(io.BytesIO(fs.cat_file(f"{root}/metadata/part-{k:08d}.parquet"))) for k in chunks]
+        # (ParquetFile reads one file; read_table would first import pyarrow.dataset, which workers lack)
+        tables = [pq.ParquetFile(io.BytesIO(fs.cat_file(f"{root}/metadata/part-{k:08d}.parquet"))).read()
+                  for k in chunks]
         records = [r for t in tables for r in json.loads((t.schema.metadata or {}).get(_CHUNKS_KEY, b"[]"))]
         table = pa.concat_tables(tables, promote_options="permissive")
         counts = Counter(table.column("status").to_pylist())
