@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["TorchImages"]
 
 
-class TorchImages(IterableDataset[Batch]):  # type: ignore[misc]  # torch may be absent when type-checking
+# (torch may be absent when type-checking: subclassing Any)
+class TorchImages(IterableDataset[Batch]):  # type: ignore[misc, unused-ignore]
     """Tensor batches of an :class:`~daskimg.ImageReader`; each DataLoader worker and rank reads its own chunks.
 
     The epoch lives in shared memory, so that :meth:`set_epoch` in the training process reaches
