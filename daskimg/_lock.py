@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from ._compat import try_lock
 from .errors import OutputError
 
-__all__ = ["LOCK", "holding", "refuse_busy"]
+__all__ = ["LOCK", "holding", "refuse_busy", "refuse_busy_folder"]
 
 LOCK = ".daskimg-lock"
 
@@ -58,15 +58,23 @@ def holding(root: str, path: str) -> Iterator[None]:
 
 
 def refuse_busy(path: str) -> None:
-    """Raise :class:`~daskimg.errors.OutputError` when another run holds the lock of the output at ``path``.
+    """Raise :class:`~daskimg.errors.OutputError` when another run holds the lock of the output at ``path``,
+    given as the command's user wrote it (see :func:`refuse_busy_folder`).
 
-    Only a path on the local file system can be held; any other path, a new output and a free one pass.
+    Only a path on the local file system can be held; any other path passes.
+    """
+    root = _local_root(path)
+    if root is not None:
+        refuse_busy_folder(root, path)
+
+
+def refuse_busy_folder(root: str, path: str) -> None:
+    """Raise :class:`~daskimg.errors.OutputError` when another run holds the lock of the output in the local
+    folder ``root`` (named ``path`` in errors); a new output and a free one pass.
+
     The lock is taken for an instant to tell (no portable call tests a lock without taking it), so a
     second run that starts at that very instant may be refused in this one's place; one of them runs.
     """
-    root = _local_root(path)
-    if root is None:
-        return
     try:
         fd = os.open(os.path.join(root, LOCK), os.O_RDWR)
     except OSError:  # no lock file yet; a folder that cannot be opened is reported when the output is prepared

@@ -12,7 +12,7 @@ import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from .._lock import LOCK, refuse_busy
+from .._lock import LOCK, refuse_busy_folder
 from .._storage import bucket_of, bucket_problem
 from .._types import STATUS_CODES
 from ..errors import OutputError, cause
@@ -47,7 +47,8 @@ def check_output_location(path: str, storage_options: Mapping[str, Any] | None =
         problem = _listing_problem(fs, root)
     if problem is not None:
         raise OutputError(f"cannot use {path} as the output: {cause(problem)}")
-    refuse_busy(path)
+    if isinstance(fs, LocalFileSystem):  # the folder whose lock Output.locked takes
+        refuse_busy_folder(root, path)
 
 
 def _listing_problem(fs: fsspec.AbstractFileSystem, root: str) -> BaseException | None:
